@@ -1,0 +1,274 @@
+//! Signing throughput: the token's raw `C_Sign` rate (cryptoki directly, one session per thread,
+//! CKM_ECDSA over a 32-byte digest) beside the rate through the appliance's interface
+//! (`Hsm::sign` / `Hsm::sign_many`: session pool, low-S, software verification), at 1 and 2
+//! threads, in one run on a fresh SoftHSM2 token. Criterion times single operations; the table
+//! at the end is the figure that counts (pool / raw ≥ 0.9 is the target).
+//!
+//! Run: `cargo bench --bench hsm_sign` (`HCERT_BENCH_SECS` sets each throughput window, default
+//! 3 s; `HCERT_BENCH_ROUNDS` how many windows each figure is the best of, default 2). Run as a test (`cargo test --benches`, no `--bench` flag) it
+//! does a short smoke run without criterion; asked to `--list` tests (nextest) it lists none.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
+use criterion::Criterion;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use hcert_signer::hsm::{Hsm, HsmConfig, PinSource, Pkcs11Config, sha256};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+
+const TOKEN: &str = "hcert-bench";
+const PIN: &str = "bench-pin-1234";
+const LABEL: &str = "bench-dsc";
+const CHILD_ENV: &str = "HCERT_BENCH_TOKEN_DIR";
+/// Records per `sign_many` call, like a pipeline chunk.
+const CHUNK: usize = 64;
+
+fn module() -> PathBuf {
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("SoftHSM2 is not installed (apt-get install softhsm2)")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        // Test runners enumerating tests: this binary is a benchmark, not a test suite.
+        return;
+    }
+    match std::env::var_os(CHILD_ENV) {
+        Some(dir) => run(PathBuf::from(dir), &args),
+        None => {
+            // SoftHSM reads SOFTHSM2_CONF at C_Initialize and set_var is unsafe: make the token,
+            // then re-run this binary with the variable set.
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let conf = hcert_signer::hsm::softhsm::init_token(tmp.path(), TOKEN, "bench-so-5678", PIN)
+                .expect("create the SoftHSM token");
+            let status = Command::new(std::env::current_exe().expect("bench binary"))
+                .args(&args)
+                .env("SOFTHSM2_CONF", &conf)
+                .env(CHILD_ENV, tmp.path())
+                .status()
+                .expect("re-run the bench");
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+}
+
+fn run(dir: PathBuf, args: &[String]) {
+    let bench_mode = args.iter().any(|a| a == "--bench");
+    let secs: f64 = if bench_mode {
+        std::env::var("HCERT_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0)
+    } else {
+        0.2
+    };
+    let window = Duration::from_secs_f64(secs);
+    let rounds: usize = if bench_mode {
+        std::env::var("HCERT_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2)
+    } else {
+        1
+    };
+    let pin_file = dir.join("hsm-pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).expect("pin file");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let mut cfg = Pkcs11Config::new(module(), TOKEN, PinSource::File(pin_file));
+    cfg.pool_size = Some(2);
+    let hsm = Hsm::open(&HsmConfig::Pkcs11(cfg)).expect("open token");
+    let key = hsm.generate_key(LABEL).expect("generate key");
+
+    // The raw side: a second handle on the same module (already initialised by the pool).
+    let raw = Pkcs11::new(module()).expect("load module");
+    let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = raw
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| raw.get_token_info(*s).map(|t| t.label() == TOKEN).unwrap_or(false))
+        .expect("bench token");
+
+    // Messages the size of a COSE Sig_structure of a vaccination DCC, with their digests.
+    let items: Arc<Vec<(Vec<u8>, [u8; 32])>> = Arc::new(
+        (0..4096)
+            .map(|i| {
+                let mut m = vec![0x5a; 320];
+                m[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let d = sha256(&m);
+                (m, d)
+            })
+            .collect(),
+    );
+
+    if bench_mode {
+        criterion_latencies(&hsm, &key, &raw, slot, &items);
+    }
+
+    // Throughput, measured back to back so both sides see the same machine load.
+    println!();
+    println!(
+        "Signing throughput on SoftHSM2 {} (P-256; best of {rounds} x {secs:.1} s; pool of 2 sessions; sign_many in chunks of {CHUNK})",
+        softhsm_version(&raw),
+    );
+    println!(
+        "{:>7} | {:>12} | {:>12} {:>6} | {:>14} {:>6}",
+        "threads", "raw C_Sign/s", "Hsm::sign/s", "ratio", "sign_many/s", "ratio"
+    );
+    // Each figure is the best of `rounds` windows, the three measured in turn in every round:
+    // the machine may be shared, and interleaving keeps a burst of outside load from landing
+    // on one side of the comparison only.
+    for threads in [1usize, 2] {
+        let (mut raw_best, mut pool_best, mut many_best) = (0f64, 0f64, 0f64);
+        for _ in 0..rounds {
+            raw_best = raw_best.max(raw_rate(&raw, slot, &items, threads, window));
+            pool_best = pool_best.max(rate(threads, window, {
+                let (hsm, items) = (hsm.clone(), items.clone());
+                move |t, i| {
+                    let (m, d) = &items[(t * 1000 + i) % items.len()];
+                    hsm.sign(LABEL, m, d).map(|_| 1).expect("Hsm::sign")
+                }
+            }));
+            many_best = many_best.max(rate(threads, window, {
+                let (hsm, items) = (hsm.clone(), items.clone());
+                move |t, i| {
+                    let start = (t * 1000 + i * CHUNK) % (items.len() - CHUNK);
+                    hsm.sign_many(LABEL, &items[start..start + CHUNK])
+                        .map(|v| v.len() as u64)
+                        .expect("Hsm::sign_many")
+                }
+            }));
+        }
+        println!(
+            "{threads:>7} | {raw_best:>12.0} | {pool_best:>12.0} {:>6.2} | {many_best:>14.0} {:>6.2}",
+            pool_best / raw_best,
+            many_best / raw_best
+        );
+    }
+    let stats = hsm.stats();
+    println!(
+        "released {} signatures, {} failed verification, {} re-initialisations",
+        stats.signatures, stats.bad_signatures, stats.backend.reinits
+    );
+    assert_eq!(stats.bad_signatures, 0);
+}
+
+/// Per-operation latency with criterion, 1 thread: raw C_Sign, Hsm::sign, and the software
+/// verification alone (the part of Hsm::sign's cost that is not the token's).
+fn criterion_latencies(
+    hsm: &Hsm,
+    key: &hcert_signer::hsm::KeyInfo,
+    raw: &Pkcs11,
+    slot: cryptoki::slot::Slot,
+    items: &[(Vec<u8>, [u8; 32])],
+) {
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    {
+        let session = raw.open_ro_session(slot).expect("session");
+        let handle = private_handle(&session);
+        let digest = items[0].1;
+        c.bench_function("raw C_Sign (CKM_ECDSA, 1 thread)", |b| {
+            b.iter(|| session.sign(&Mechanism::Ecdsa, handle, &digest).expect("C_Sign"))
+        });
+    }
+    let (m0, d0) = &items[0];
+    c.bench_function("Hsm::sign (pool + low-S + verify, 1 thread)", |b| {
+        b.iter(|| hsm.sign(LABEL, m0, d0).expect("sign"))
+    });
+    let point = key.public_key.to_encoded_point(false);
+    let verifier = ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_bytes()).expect("key");
+    let sig = hsm.sign(LABEL, m0, d0).expect("sign");
+    c.bench_function("aws-lc P-256 verify alone", |b| {
+        b.iter(|| verifier.verify_sig(m0, &sig).expect("verify"))
+    });
+}
+
+fn private_handle(session: &cryptoki::session::Session) -> cryptoki::object::ObjectHandle {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(LABEL.as_bytes().to_vec()),
+        ])
+        .expect("find key");
+    found[0]
+}
+
+/// Raw C_Sign rate: each thread its own session, no pool, no verification.
+fn raw_rate(
+    raw: &Pkcs11,
+    slot: cryptoki::slot::Slot,
+    items: &Arc<Vec<(Vec<u8>, [u8; 32])>>,
+    threads: usize,
+    window: Duration,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, count, items) = (stop.clone(), count.clone(), items.clone());
+            s.spawn(move || {
+                let session = raw.open_ro_session(slot).expect("session");
+                let handle = private_handle(&session);
+                let mut i = t * 1000;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let d = &items[i % items.len()].1;
+                    session.sign(&Mechanism::Ecdsa, handle, d).expect("C_Sign");
+                    i += 1;
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Runs `op(thread, iteration) -> signatures made` on `threads` threads for `window`.
+fn rate(threads: usize, window: Duration, op: impl Fn(usize, usize) -> u64 + Send + Sync + Clone) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, count, op) = (stop.clone(), count.clone(), op.clone());
+            s.spawn(move || {
+                let mut i = 0;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += op(t, i);
+                    i += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn softhsm_version(raw: &Pkcs11) -> String {
+    raw.get_library_info()
+        .map(|i| format!("{}.{}", i.library_version().major(), i.library_version().minor()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing hcert-signer needs on a Debian machine (run as root).
+# Idempotent: it only installs what is missing, so the demo and the test suite both call it.
+set -euo pipefail
+
+need_apt=()
+command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
+command -v cc >/dev/null || need_apt+=(build-essential)
+if ((${#need_apt[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: cargo not found; install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -1,0 +1,241 @@
+//! `config.toml`: everything the daemon needs, read once at start (and again on SIGHUP for the
+//! TLS and client sections). Unknown keys are errors, so a typo never silently keeps a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::hsm::HsmConfig;
+use crate::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTPS API, `HOST:PORT`.
+    pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` listener, `HOST:PORT` (keep it on loopback or a
+    /// management network).
+    pub metrics_listen: SocketAddr,
+    /// Where the store lives (a systemd `StateDirectory=` in production).
+    pub state_dir: PathBuf,
+    /// The issuing country: the CWT `iss` and the country of generated UVCIs, ISO 3166-1
+    /// alpha-2.
+    pub country: String,
+    /// Log level: `error`, `warn`, `info`, `debug` (default `info`).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// The HSM holding the Document Signer keys.
+    pub hsm: HsmConfig,
+    /// Environment the PKCS#11 module reads (e.g. `SOFTHSM2_CONF`, a vendor's config path).
+    /// The process re-executes itself with these set before loading the module, because the
+    /// environment of a running multi-threaded process cannot be changed soundly.
+    #[serde(default)]
+    pub hsm_environment: BTreeMap<String, String>,
+    /// Certificate policy.
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// The API's TLS material.
+    pub tls: TlsConfig,
+    /// The clients allowed in, by the identity in their certificate.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientConfig>,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// How certificates are made.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Days from `iat` to `exp` (capped at the DSC's notAfter). Default 365.
+    #[serde(default = "default_validity_days")]
+    pub validity_days: u32,
+    /// An issuing-entity block put into generated UVCIs (`URN:UVCI:01:VN:<block>/…`).
+    #[serde(default)]
+    pub uvci_issuer: Option<String>,
+    /// A directory of EU value-set JSON files that extend or update the embedded ones.
+    #[serde(default)]
+    pub value_sets_dir: Option<PathBuf>,
+    /// Document Signer keys that sign: the HSM label of each and its DSC certificate.
+    #[serde(default, rename = "dsc")]
+    pub dscs: Vec<DscConfig>,
+}
+
+fn default_validity_days() -> u32 {
+    365
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            validity_days: default_validity_days(),
+            uvci_issuer: None,
+            value_sets_dir: None,
+            dscs: Vec::new(),
+        }
+    }
+}
+
+/// One Document Signer key and its certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DscConfig {
+    /// The key's label in the HSM.
+    pub label: String,
+    /// Its DSC certificate, PEM.
+    pub certificate: PathBuf,
+}
+
+/// TLS material of the API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Server private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates client certificates must chain to, PEM.
+    pub client_ca: Vec<PathBuf>,
+}
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Submit batches and fetch their results.
+    Issue,
+    /// Manage Document Signer keys.
+    Officer,
+}
+
+/// One client, recognised by its certificate's subject CN (or a DNS SAN).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The identity in the client certificate: subject CN or a DNS subjectAltName.
+    pub name: String,
+    /// What it may do.
+    pub roles: Vec<Role>,
+    /// The issuer account its batches belong to (defaults to `name`); clients sharing one see
+    /// each other's batches.
+    #[serde(default)]
+    pub issuer_id: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks a configuration file. Relative paths are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(Error::file(path))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        self.tls.client_ca.iter_mut().for_each(fix);
+        self.signing.dscs.iter_mut().for_each(|d| fix(&mut d.certificate));
+        if let Some(p) = self.signing.value_sets_dir.as_mut() {
+            fix(p);
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return bad(format!("country {:?} is not an ISO 3166-1 alpha-2 code", self.country));
+        }
+        if !(1..=3650).contains(&self.signing.validity_days) {
+            return bad("signing.validity_days must be 1–3650".into());
+        }
+        if self.listen == self.metrics_listen {
+            return bad("listen and metrics_listen must differ".into());
+        }
+        if self.tls.client_ca.is_empty() {
+            return bad("tls.client_ca must name at least one CA".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.clients {
+            if !names.insert(&c.name) {
+                return bad(format!("client {:?} is configured twice", c.name));
+            }
+            if c.roles.is_empty() {
+                return bad(format!("client {:?} has no roles", c.name));
+            }
+        }
+        if !matches!(self.log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+            return bad(format!(
+                "log_level {:?} is not one of error, warn, info, debug, trace",
+                self.log_level
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        listen = "127.0.0.1:8443"
+        metrics_listen = "127.0.0.1:9898"
+        state_dir = "state"
+        country = "VN"
+        [hsm]
+        backend = "pkcs11"
+        module = "/usr/lib/softhsm/libsofthsm2.so"
+        token_label = "hcert"
+        pin = { file = "hsm-pin" }
+        [tls]
+        cert = "tls/server.pem"
+        key = "tls/server.key"
+        client_ca = ["tls/ca.pem"]
+        [[client]]
+        name = "issuer"
+        roles = ["issue"]
+    "#;
+
+    fn load(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(&p)
+    }
+
+    #[test]
+    fn minimal_config_with_defaults_and_relative_paths() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.signing.validity_days, 365);
+        assert!(c.state_dir.is_absolute() && c.state_dir.ends_with("state"));
+        assert!(c.tls.client_ca[0].ends_with("tls/ca.pem"));
+        assert_eq!(c.clients[0].roles, vec![Role::Issue]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let typo = MINIMAL.replace("country = \"VN\"", "country = \"VN\"\ncontry = \"VN\"");
+        assert!(load(&typo).unwrap_err().to_string().contains("unknown field `contry`"));
+        let country = MINIMAL.replace("country = \"VN\"", "country = \"vn\"");
+        assert!(load(&country).unwrap_err().to_string().contains("ISO 3166-1"));
+        let dup = format!("{MINIMAL}\n[[client]]\nname = \"issuer\"\nroles = [\"officer\"]\n");
+        assert!(load(&dup).unwrap_err().to_string().contains("configured twice"));
+        let role = MINIMAL.replace("roles = [\"issue\"]", "roles = [\"admin\"]");
+        assert!(load(&role).is_err());
+    }
+}

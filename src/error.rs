@@ -1,0 +1,42 @@
+//! The crate's one error type: every module's typed error, wrapped for the command line.
+
+use std::path::PathBuf;
+
+/// Everything that can make a `hcert-signer` command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The certificate codec refused or could not read its input.
+    #[error(transparent)]
+    Codec(#[from] crate::hcert::Error),
+    /// The HSM failed, or refused an operation.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::Error),
+    /// X.509 material could not be read, made or matched.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::Error),
+    /// The configuration is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file concerned.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Other I/O (stdin, stdout, sockets).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns, so the message says which file.
+    pub fn file(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::File { path, source }
+    }
+}

@@ -1,0 +1,527 @@
+//! Document Signer keys inside an HSM: generate, find, sign a digest, health.
+//!
+//! The rest of the appliance sees only [`Hsm`]: it signs a SHA-256 digest computed by the caller
+//! with a P-256 key named by its label, and returns a raw `r‖s` signature in low-S form that has
+//! already been verified in software against the key's public key (so a faulty token can never put
+//! a bad signature into a citizen's QR code). Backends implement [`Backend`]:
+//! [`pkcs11`] (any PKCS#11 module; SoftHSM2 in the tests) and [`yubihsm`] (YubiHSM2).
+//!
+//! All calls are blocking and may be made from many threads at once; call them from blocking
+//! threads (e.g. `spawn_blocking`), never from an async reactor thread.
+
+pub mod config;
+pub mod error;
+pub mod pin;
+pub mod pkcs11;
+pub mod softhsm;
+pub mod yubihsm;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+
+pub use config::{HsmConfig, Pkcs11Config, YubiHsmConfig};
+pub use error::Error;
+pub use pin::{Pin, PinSource};
+
+/// A P-256 key pair inside the HSM, as seen from outside: its label, id and public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's label (`CKA_LABEL` / YubiHSM object label).
+    pub label: String,
+    /// The key's id (`CKA_ID`, or the YubiHSM object id as two big-endian bytes).
+    pub id: Vec<u8>,
+    /// The public half.
+    pub public_key: p256::PublicKey,
+}
+
+impl KeyInfo {
+    /// The public key as a DER SubjectPublicKeyInfo.
+    pub fn public_key_der(&self) -> Vec<u8> {
+        use p256::pkcs8::EncodePublicKey;
+        // Encoding a valid P-256 point as SPKI cannot fail; an empty result would make any
+        // comparison fail closed.
+        self.public_key.to_public_key_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default()
+    }
+}
+
+/// Counters a backend keeps (re-initialisations, sessions, PIN attempts…).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Whether the backend is up (not re-initialising, not failed).
+    pub available: bool,
+    /// Successful re-initialisations after a fault.
+    pub reinits: u64,
+    /// Re-initialisation attempts that failed.
+    pub reinit_failures: u64,
+    /// Faults that triggered a re-initialisation (device errors, bad signatures, stuck workers).
+    pub faults: u64,
+    /// Calls that exceeded the per-call timeout.
+    pub timeouts: u64,
+    /// Workers abandoned because a call hung.
+    pub workers_abandoned: u64,
+    /// Login attempts made with the PIN / password (to show there is no retry storm).
+    pub pin_attempts: u64,
+    /// Signing sessions (workers) currently open.
+    pub sessions_open: u64,
+    /// Sessions currently inside an HSM call.
+    pub sessions_in_use: u64,
+}
+
+/// Counters of the whole [`Hsm`]: the backend's plus signatures released and refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Signatures released (verified, low-S).
+    pub signatures: u64,
+    /// Signing calls that failed (any reason).
+    pub sign_failures: u64,
+    /// Signatures from the HSM that failed software verification and were discarded.
+    pub bad_signatures: u64,
+    /// The backend's counters.
+    pub backend: BackendStats,
+}
+
+/// What an HSM must offer. Implementations return raw signatures exactly as the device made
+/// them; [`Hsm`] normalises and verifies them.
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs ("pkcs11", "yubihsm").
+    fn name(&self) -> &'static str;
+    /// Generates a new non-extractable P-256 signing key inside the HSM.
+    fn generate_key(&self, label: &str) -> Result<KeyInfo, Error>;
+    /// Finds the key with this label.
+    fn find_key(&self, label: &str) -> Result<KeyInfo, Error>;
+    /// Lists the P-256 signing keys.
+    fn list_keys(&self) -> Result<Vec<KeyInfo>, Error>;
+    /// Signs each 32-byte digest with ECDSA (no hashing by the HSM); returns raw `r‖s`.
+    fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error>;
+    /// A cheap liveness check (token present, session logged in).
+    fn health(&self) -> Result<(), Error>;
+    /// Tells the backend that something it returned was wrong (a signature that does not
+    /// verify): it must treat it as a device fault and reset its sessions.
+    fn report_fault(&self, what: &str);
+    /// How many signing calls it can usefully run at once.
+    fn parallelism(&self) -> usize;
+    /// Its counters.
+    fn stats(&self) -> BackendStats;
+}
+
+/// The appliance's handle on its HSM. Cheap to clone; all clones share one backend.
+#[derive(Clone)]
+pub struct Hsm {
+    inner: Arc<HsmInner>,
+}
+
+struct HsmInner {
+    backend: Box<dyn Backend>,
+    /// Parsed public keys per label: verification is on the hot path, so the key is parsed
+    /// once (aws-lc's assembly P-256 verifier, about 6× the pure-Rust one).
+    verifiers: RwLock<HashMap<String, Arc<Verifier>>>,
+    signatures: AtomicU64,
+    sign_failures: AtomicU64,
+    bad_signatures: AtomicU64,
+}
+
+struct Verifier {
+    key: ParsedPublicKey,
+}
+
+/// Below this many items per thread, `sign_many` does not split a batch (thread start-up would
+/// cost more than it saves).
+const MIN_ITEMS_PER_THREAD: usize = 16;
+/// Items per backend call inside `sign_many`: small enough that verification of one slice
+/// overlaps with signing of the next on another thread.
+const SLICE: usize = 8;
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm").field("backend", &self.inner.backend.name()).finish_non_exhaustive()
+    }
+}
+
+impl Hsm {
+    /// Opens the configured HSM: loads the module, finds the token, logs in, starts the pool.
+    /// Fails fast (no retry) on a missing module or token and on any PIN error.
+    pub fn open(config: &HsmConfig) -> Result<Hsm, Error> {
+        match config {
+            HsmConfig::Pkcs11(c) => Ok(Hsm::from_backend(pkcs11::Pkcs11Backend::open(c)?)),
+            HsmConfig::Yubihsm(c) => Ok(Hsm::from_backend(yubihsm::YubiHsmBackend::open(c)?)),
+        }
+    }
+
+    /// Wraps any backend (tests use this with the YubiHSM MockHsm).
+    pub fn from_backend(backend: impl Backend) -> Hsm {
+        Hsm {
+            inner: Arc::new(HsmInner {
+                backend: Box::new(backend),
+                verifiers: RwLock::new(HashMap::new()),
+                signatures: AtomicU64::new(0),
+                sign_failures: AtomicU64::new(0),
+                bad_signatures: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The backend's name ("pkcs11" or "yubihsm").
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Generates a new P-256 key pair inside the HSM (private half sensitive, never
+    /// extractable, sign-only). Refuses a label that is already used.
+    pub fn generate_key(&self, label: &str) -> Result<KeyInfo, Error> {
+        validate_label(label)?;
+        self.inner.backend.generate_key(label)
+    }
+
+    /// Finds the key with this label.
+    pub fn find_key(&self, label: &str) -> Result<KeyInfo, Error> {
+        validate_label(label)?;
+        self.inner.backend.find_key(label)
+    }
+
+    /// Lists the P-256 signing keys in the HSM.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, Error> {
+        self.inner.backend.list_keys()
+    }
+
+    /// The public key of the key with this label.
+    pub fn public_key(&self, label: &str) -> Result<p256::PublicKey, Error> {
+        Ok(self.find_key(label)?.public_key)
+    }
+
+    /// Signs `digest` (the SHA-256 of `message`) with the key `label`, and returns the raw
+    /// `r‖s` signature in low-S form after verifying it over `message` in software.
+    ///
+    /// A signature that fails verification is never returned: it is counted, the backend is
+    /// told to reset (device fault) and [`Error::BadSignature`] is returned.
+    pub fn sign(&self, label: &str, message: &[u8], digest: &[u8; 32]) -> Result<[u8; 64], Error> {
+        let mut sigs = self.sign_slice(label, &[(message, *digest)])?;
+        // sign_slice returns exactly one signature per item; fail closed if not.
+        sigs.pop().ok_or(Error::Device { op: "sign", rv: "no signature returned".into() })
+    }
+
+    /// Signs a batch of `(message, SHA-256(message))` items with one key; same guarantees as
+    /// [`Hsm::sign`] for each signature. Large batches are spread over the backend's sessions,
+    /// with verification overlapping signing. All or nothing: any failure fails the batch.
+    pub fn sign_many<M: AsRef<[u8]> + Sync>(
+        &self,
+        label: &str,
+        items: &[(M, [u8; 32])],
+    ) -> Result<Vec<[u8; 64]>, Error> {
+        // One thread more than the backend has sessions: while one thread verifies the slice it
+        // got back, every session still has a slice to sign.
+        let threads = (self.inner.backend.parallelism() + 1).min(items.len() / MIN_ITEMS_PER_THREAD).max(1);
+        if threads <= 1 {
+            return self.sign_slice(label, items);
+        }
+        let per_thread = items.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .chunks(per_thread)
+                .map(|part| scope.spawn(move || self.sign_slice(label, part)))
+                .collect();
+            let mut out = Vec::with_capacity(items.len());
+            let mut first_err = None;
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(sigs)) => out.extend(sigs),
+                    Ok(Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        first_err.get_or_insert(Error::Device {
+                            op: "sign",
+                            rv: "a signing thread panicked".into(),
+                        });
+                    }
+                }
+            }
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(out),
+            }
+        })
+    }
+
+    /// Signs items slice by slice on this thread: one backend call per `SLICE` items, then
+    /// normalise and verify each signature before it can be released.
+    fn sign_slice<M: AsRef<[u8]>>(
+        &self,
+        label: &str,
+        items: &[(M, [u8; 32])],
+    ) -> Result<Vec<[u8; 64]>, Error> {
+        let result = (|| {
+            validate_label(label)?;
+            for (message, digest) in items {
+                if sha256(message.as_ref()) != *digest {
+                    return Err(Error::DigestMismatch);
+                }
+            }
+            let verifier = self.verifier(label)?;
+            let mut out = Vec::with_capacity(items.len());
+            let mut digests = Vec::with_capacity(SLICE);
+            for slice in items.chunks(SLICE) {
+                digests.clear();
+                digests.extend(slice.iter().map(|(_, d)| *d));
+                let raw = self.inner.backend.sign_digests(label, &digests)?;
+                if raw.len() != slice.len() {
+                    return Err(Error::Device {
+                        op: "sign",
+                        rv: format!("{} signatures for {} digests", raw.len(), slice.len()),
+                    });
+                }
+                for ((message, _), raw) in slice.iter().zip(raw) {
+                    out.push(self.finish(label, &verifier, message.as_ref(), raw)?);
+                }
+            }
+            Ok(out)
+        })();
+        match &result {
+            Ok(sigs) => {
+                self.inner.signatures.fetch_add(sigs.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.inner.sign_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Low-S normalisation and software verification of one raw signature.
+    fn finish(
+        &self,
+        label: &str,
+        verifier: &Verifier,
+        message: &[u8],
+        raw: [u8; 64],
+    ) -> Result<[u8; 64], Error> {
+        let normalised =
+            p256::ecdsa::Signature::from_slice(&raw).ok().map(|sig| sig.normalize_s().unwrap_or(sig));
+        let ok = normalised.map(|sig| {
+            let bytes: [u8; 64] = sig.to_bytes().into();
+            (verifier.key.verify_sig(message, &bytes).is_ok(), bytes)
+        });
+        match ok {
+            Some((true, bytes)) => Ok(bytes),
+            _ => {
+                self.inner.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                // The cached public key might be the stale one (a key replaced under the same
+                // label); drop it so the next call reads it again from the HSM.
+                if let Ok(mut cache) = self.inner.verifiers.write() {
+                    cache.remove(label);
+                }
+                log::error!(
+                    "HSM returned a signature by {label:?} that fails verification; discarded, resetting sessions"
+                );
+                self.inner.backend.report_fault("a signature failed software verification");
+                Err(Error::BadSignature { label: label.into() })
+            }
+        }
+    }
+
+    fn verifier(&self, label: &str) -> Result<Arc<Verifier>, Error> {
+        if let Some(v) = self.inner.verifiers.read().ok().and_then(|c| c.get(label).cloned()) {
+            return Ok(v);
+        }
+        let info = self.inner.backend.find_key(label)?;
+        let point = info.public_key.to_encoded_point(false);
+        let key = ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_bytes()).map_err(|e| {
+            Error::UnsupportedKey {
+                label: label.into(),
+                detail: format!("public key rejected by the verifier: {e}"),
+            }
+        })?;
+        let v = Arc::new(Verifier { key });
+        if let Ok(mut cache) = self.inner.verifiers.write() {
+            cache.insert(label.to_string(), v.clone());
+        }
+        Ok(v)
+    }
+
+    /// A cheap liveness check of the backend (token present, logged in). Use
+    /// [`Hsm::check_key`] for the full test-sign-and-verify readiness wants.
+    pub fn health(&self) -> Result<(), Error> {
+        self.inner.backend.health()
+    }
+
+    /// Test-signs a fresh random message with `label` and verifies the result: the end-to-end
+    /// readiness check (HSM reachable, key usable, signatures correct).
+    pub fn check_key(&self, label: &str) -> Result<(), Error> {
+        let mut message = *b"hcert-signer health check ........................";
+        let n = message.len();
+        aws_lc_rs::rand::fill(&mut message[n - 24..])
+            .map_err(|_| Error::Device { op: "health", rv: "no randomness for the test message".into() })?;
+        let digest = sha256(&message);
+        self.sign(label, &message, &digest).map(|_| ())
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            signatures: self.inner.signatures.load(Ordering::Relaxed),
+            sign_failures: self.inner.sign_failures.load(Ordering::Relaxed),
+            bad_signatures: self.inner.bad_signatures.load(Ordering::Relaxed),
+            backend: self.inner.backend.stats(),
+        }
+    }
+}
+
+/// SHA-256 with aws-lc (the same digest the daemon computes over the COSE to-be-signed bytes).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Checks a key label: 1–40 characters of `A–Z a–z 0–9 . _ : -` (it appears in URLs, logs and
+/// the YubiHSM's 40-byte label field).
+pub fn validate_label(label: &str) -> Result<(), Error> {
+    let bad = |reason| Err(Error::InvalidLabel { label: label.chars().take(64).collect(), reason });
+    if label.is_empty() {
+        return bad("empty");
+    }
+    if label.len() > 40 {
+        return bad("longer than 40 characters");
+    }
+    if !label.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+        return bad("unsupported character");
+    }
+    Ok(())
+}
+
+/// DER of the prime256v1 OID, the `CKA_EC_PARAMS` of a P-256 key.
+pub(crate) const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(validate_label("DSC-VN-2025.1").is_ok());
+        assert!(validate_label("").is_err());
+        assert!(validate_label("a b").is_err());
+        assert!(validate_label("x/y").is_err());
+        assert!(validate_label(&"a".repeat(41)).is_err());
+    }
+
+    /// A software backend whose signatures can be made high-S or corrupted on demand.
+    struct Fake {
+        key: p256::ecdsa::SigningKey,
+        mode: std::sync::Mutex<&'static str>,
+        faults: AtomicU64,
+    }
+
+    impl Fake {
+        fn info(&self) -> KeyInfo {
+            KeyInfo { label: "k".into(), id: vec![1], public_key: self.key.verifying_key().into() }
+        }
+    }
+
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn generate_key(&self, label: &str) -> Result<KeyInfo, Error> {
+            Err(Error::KeyExists { label: label.into() })
+        }
+        fn find_key(&self, label: &str) -> Result<KeyInfo, Error> {
+            if label == "k" { Ok(self.info()) } else { Err(Error::KeyNotFound { label: label.into() }) }
+        }
+        fn list_keys(&self) -> Result<Vec<KeyInfo>, Error> {
+            Ok(vec![self.info()])
+        }
+        fn sign_digests(&self, _: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error> {
+            use p256::ecdsa::signature::hazmat::PrehashSigner;
+            let mode = *self.mode.lock().expect("lock");
+            digests
+                .iter()
+                .map(|d| {
+                    let sig: p256::ecdsa::Signature = self.key.sign_prehash(d).expect("software sign");
+                    // p256 signs low-S; flip to the equally valid high-S form, or corrupt.
+                    let (r, s) = sig.split_scalars();
+                    let out = match mode {
+                        "high-s" => {
+                            p256::ecdsa::Signature::from_scalars(r, -*s).expect("high-S").to_bytes().into()
+                        }
+                        "corrupt" => {
+                            let mut b: [u8; 64] = sig.to_bytes().into();
+                            b[40] ^= 1;
+                            b
+                        }
+                        _ => sig.to_bytes().into(),
+                    };
+                    Ok(out)
+                })
+                .collect()
+        }
+        fn health(&self) -> Result<(), Error> {
+            Ok(())
+        }
+        fn report_fault(&self, _: &str) {
+            self.faults.fetch_add(1, Ordering::SeqCst);
+        }
+        fn parallelism(&self) -> usize {
+            2
+        }
+        fn stats(&self) -> BackendStats {
+            BackendStats { faults: self.faults.load(Ordering::SeqCst), ..BackendStats::default() }
+        }
+    }
+
+    fn fake(mode: &'static str) -> Hsm {
+        let mut seed = [7u8; 32];
+        seed[0] = 1;
+        Hsm::from_backend(Fake {
+            key: p256::ecdsa::SigningKey::from_bytes(&seed.into()).expect("key"),
+            mode: std::sync::Mutex::new(mode),
+            faults: AtomicU64::new(0),
+        })
+    }
+
+    fn verifies(hsm: &Hsm, m: &[u8], sig: &[u8; 64]) -> bool {
+        use p256::ecdsa::signature::Verifier;
+        let pk = hsm.public_key("k").expect("pk");
+        let sig = p256::ecdsa::Signature::from_slice(sig).expect("sig");
+        sig.normalize_s().is_none() && p256::ecdsa::VerifyingKey::from(&pk).verify(m, &sig).is_ok()
+    }
+
+    #[test]
+    fn high_s_signatures_are_normalised_to_low_s() {
+        let hsm = fake("high-s");
+        let sig = hsm.sign("k", b"msg", &sha256(b"msg")).expect("sign");
+        assert!(verifies(&hsm, b"msg", &sig));
+        let items: Vec<(Vec<u8>, [u8; 32])> = (0..100u8).map(|i| (vec![i; 10], sha256(&[i; 10]))).collect();
+        let sigs = hsm.sign_many("k", &items).expect("batch");
+        assert_eq!(sigs.len(), 100);
+        for ((m, _), s) in items.iter().zip(&sigs) {
+            assert!(verifies(&hsm, m, s));
+        }
+        assert_eq!(hsm.stats().signatures, 101);
+    }
+
+    #[test]
+    fn a_bad_signature_is_never_released_and_is_reported_as_a_fault() {
+        let hsm = fake("corrupt");
+        let e = hsm.sign("k", b"msg", &sha256(b"msg")).expect_err("corrupt");
+        assert!(matches!(e, Error::BadSignature { .. }), "{e:?}");
+        assert!(e.is_transient());
+        let items: Vec<(Vec<u8>, [u8; 32])> = (0..64u8).map(|i| (vec![i], sha256(&[i]))).collect();
+        assert!(hsm.sign_many("k", &items).is_err());
+        let stats = hsm.stats();
+        assert_eq!(stats.signatures, 0);
+        assert!(stats.bad_signatures >= 2, "{stats:?}");
+        assert!(stats.backend.faults >= 2, "{stats:?}");
+    }
+
+    #[test]
+    fn sha256_matches_sha2() {
+        use sha2::Digest;
+        let d: [u8; 32] = sha2::Sha256::digest(b"abc").into();
+        assert_eq!(sha256(b"abc"), d);
+    }
+}

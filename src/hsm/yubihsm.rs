@@ -1,0 +1,372 @@
+//! YubiHSM2 backend: keys generated on the device (sign-ecdsa only, not exportable), found by
+//! label, signing a prehashed digest.
+//!
+//! It talks to yubihsm-connector over HTTP (default) or to the device over USB (build feature
+//! `yubihsm-usb`). Each command is bounded by the connector's timeout. The device executes one
+//! command at a time, so one authenticated session is shared by all callers. No device exists
+//! in this project's CI: the backend is tested against the yubihsm crate's `MockHsm`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use yubihsm::asymmetric::Algorithm as AsymAlg;
+use yubihsm::object::{Filter, Id, Label, Type};
+use yubihsm::{Capability, Client, Connector, Credentials, Domain};
+
+use super::{Backend, BackendStats, Error, KeyInfo, YubiHsmConfig};
+
+/// The YubiHSM2 backend.
+pub struct YubiHsmBackend {
+    connector: Connector,
+    credentials: Credentials,
+    auth_key_id: u16,
+    domains: Domain,
+    client: Mutex<Client>,
+    /// Label → object id, so signing does not list objects each time.
+    ids: RwLock<HashMap<String, Id>>,
+    faults: AtomicU64,
+    reinits: AtomicU64,
+    pin_attempts: AtomicU64,
+}
+
+impl YubiHsmBackend {
+    /// Connects and authenticates as configured. A wrong authentication key or password fails
+    /// at once and is not retried.
+    pub fn open(cfg: &YubiHsmConfig) -> Result<YubiHsmBackend, Error> {
+        let connector = connector_for(cfg)?;
+        let password = cfg.password.load()?;
+        let credentials = Credentials::from_password(cfg.auth_key_id, password.expose_bytes());
+        let domains = domains_from(&cfg.domains)?;
+        YubiHsmBackend::from_connector(connector, credentials, cfg.auth_key_id, domains)
+    }
+
+    /// Builds the backend on an existing connector (tests pass `Connector::mockhsm()`).
+    pub fn from_connector(
+        connector: Connector,
+        credentials: Credentials,
+        auth_key_id: u16,
+        domains: Domain,
+    ) -> Result<YubiHsmBackend, Error> {
+        let backend = YubiHsmBackend {
+            client: Mutex::new(
+                Client::create(connector.clone(), credentials.clone())
+                    .map_err(|e| map_err("connect", auth_key_id, &e))?,
+            ),
+            connector,
+            credentials,
+            auth_key_id,
+            domains,
+            ids: RwLock::new(HashMap::new()),
+            faults: AtomicU64::new(0),
+            reinits: AtomicU64::new(0),
+            pin_attempts: AtomicU64::new(0),
+        };
+        backend.pin_attempts.fetch_add(1, Ordering::Relaxed);
+        backend.with_client("connect", |c| c.connect())?;
+        Ok(backend)
+    }
+
+    fn with_client<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Client) -> Result<T, yubihsm::client::Error>,
+    ) -> Result<T, Error> {
+        let client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        f(&client).map_err(|e| map_err(op, self.auth_key_id, &e))
+    }
+
+    fn key_entries(&self, label: &str) -> Result<Vec<Id>, Error> {
+        let label = Label::from_bytes(label.as_bytes()).map_err(|_| Error::InvalidLabel {
+            label: label.into(),
+            reason: "too long for a YubiHSM label",
+        })?;
+        let entries = self.with_client("list objects", |c| {
+            c.list_objects(&[Filter::Type(Type::AsymmetricKey), Filter::Label(label)])
+        })?;
+        Ok(entries.into_iter().map(|e| e.object_id).collect())
+    }
+
+    fn key_info(&self, id: Id) -> Result<KeyInfo, Error> {
+        let info = self.with_client("get object info", |c| c.get_object_info(id, Type::AsymmetricKey))?;
+        let label = info.label.to_string();
+        if info.algorithm != yubihsm::Algorithm::Asymmetric(AsymAlg::EcP256) {
+            return Err(Error::UnsupportedKey {
+                label,
+                detail: format!("algorithm {:?}, need EC P-256", info.algorithm),
+            });
+        }
+        if !info.capabilities.contains(Capability::SIGN_ECDSA) {
+            return Err(Error::UnsupportedKey { label, detail: "no sign-ecdsa capability".into() });
+        }
+        let public = self.with_client("get public key", |c| c.get_public_key(id))?;
+        // The device returns the bare x‖y coordinates.
+        let mut sec1 = Vec::with_capacity(65);
+        sec1.push(0x04);
+        sec1.extend_from_slice(public.as_slice());
+        let public_key = p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| Error::UnsupportedKey {
+            label: label.clone(),
+            detail: "public key is not a valid P-256 point".into(),
+        })?;
+        Ok(KeyInfo { label, id: id.to_be_bytes().to_vec(), public_key })
+    }
+
+    fn id_for(&self, label: &str) -> Result<Id, Error> {
+        if let Some(id) = self.ids.read().ok().and_then(|m| m.get(label).copied()) {
+            return Ok(id);
+        }
+        let info = self.find_key(label)?;
+        let bytes: [u8; 2] = info
+            .id
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Device { op: "find key", rv: "unexpected object id length".into() })?;
+        Ok(u16::from_be_bytes(bytes))
+    }
+
+    /// A free object id: random, so ids are not predictable, and checked against the device.
+    fn free_id(&self) -> Result<Id, Error> {
+        for _ in 0..32 {
+            let mut b = [0u8; 2];
+            aws_lc_rs::rand::fill(&mut b).map_err(|_| Error::Device {
+                op: "generate key",
+                rv: "no randomness for the object id".into(),
+            })?;
+            let id = u16::from_be_bytes(b);
+            if id == 0 || id == 0xffff {
+                continue;
+            }
+            let used = self.with_client("list objects", |c| {
+                c.list_objects(&[Filter::Id(id), Filter::Type(Type::AsymmetricKey)])
+            })?;
+            if used.is_empty() {
+                return Ok(id);
+            }
+        }
+        Err(Error::Refused { op: "generate key", rv: "no free object id found".into() })
+    }
+}
+
+impl Backend for YubiHsmBackend {
+    fn name(&self) -> &'static str {
+        "yubihsm"
+    }
+
+    fn generate_key(&self, label: &str) -> Result<KeyInfo, Error> {
+        if !self.key_entries(label)?.is_empty() {
+            return Err(Error::KeyExists { label: label.into() });
+        }
+        let id = self.free_id()?;
+        let object_label = Label::from_bytes(label.as_bytes()).map_err(|_| Error::InvalidLabel {
+            label: label.into(),
+            reason: "too long for a YubiHSM label",
+        })?;
+        // sign-ecdsa only, and without exportable-under-wrap: the key never leaves the device.
+        self.with_client("generate key", |c| {
+            c.generate_asymmetric_key(id, object_label, self.domains, Capability::SIGN_ECDSA, AsymAlg::EcP256)
+        })?;
+        let info = self.key_info(id)?;
+        if let Ok(mut m) = self.ids.write() {
+            m.insert(label.to_string(), id);
+        }
+        log::info!("generated P-256 key {label:?} in the YubiHSM (object {id:#06x})");
+        Ok(info)
+    }
+
+    fn find_key(&self, label: &str) -> Result<KeyInfo, Error> {
+        let ids = self.key_entries(label)?;
+        let id = match ids.as_slice() {
+            [id] => *id,
+            [] => {
+                return Err(Error::KeyNotFound { label: label.into() });
+            }
+            many => {
+                return Err(Error::KeyAmbiguous { label: label.into(), count: many.len() });
+            }
+        };
+        let info = self.key_info(id)?;
+        if let Ok(mut m) = self.ids.write() {
+            m.insert(label.to_string(), id);
+        }
+        Ok(info)
+    }
+
+    fn list_keys(&self) -> Result<Vec<KeyInfo>, Error> {
+        let entries = self.with_client("list objects", |c| {
+            c.list_objects(&[
+                Filter::Type(Type::AsymmetricKey),
+                Filter::Algorithm(yubihsm::Algorithm::Asymmetric(AsymAlg::EcP256)),
+            ])
+        })?;
+        let mut out = Vec::new();
+        for e in entries {
+            match self.key_info(e.object_id) {
+                Ok(k) => out.push(k),
+                Err(Error::UnsupportedKey { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.label.cmp(&b.label));
+        Ok(out)
+    }
+
+    fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error> {
+        let id = self.id_for(label)?;
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            let der = match self.with_client("sign", |c| c.sign_ecdsa_prehash_raw(id, d.to_vec())) {
+                Err(Error::KeyNotFound { .. }) => {
+                    // Stale id cache (key deleted and recreated): forget it.
+                    if let Ok(mut m) = self.ids.write() {
+                        m.remove(label);
+                    }
+                    return Err(Error::KeyNotFound { label: label.into() });
+                }
+                other => other?,
+            };
+            let sig = p256::ecdsa::Signature::from_der(&der).map_err(|_| Error::Device {
+                op: "sign",
+                rv: "the YubiHSM returned a malformed ECDSA signature".into(),
+            })?;
+            out.push(sig.to_bytes().into());
+        }
+        Ok(out)
+    }
+
+    fn health(&self) -> Result<(), Error> {
+        self.with_client("ping", |c| c.ping()).map(|_| ())
+    }
+
+    fn report_fault(&self, what: &str) {
+        log::warn!("YubiHSM fault: {what}; opening a new session");
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        // A fresh client authenticates a new session on its next command.
+        match Client::create(self.connector.clone(), self.credentials.clone()) {
+            Ok(c) => {
+                *self.client.lock().unwrap_or_else(|p| p.into_inner()) = c;
+                self.reinits.fetch_add(1, Ordering::Relaxed);
+                self.pin_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => log::error!("cannot re-create the YubiHSM client: {e}"),
+        }
+        if let Ok(mut m) = self.ids.write() {
+            m.clear();
+        }
+    }
+
+    fn parallelism(&self) -> usize {
+        1
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats {
+            available: true,
+            reinits: self.reinits.load(Ordering::Relaxed),
+            faults: self.faults.load(Ordering::Relaxed),
+            pin_attempts: self.pin_attempts.load(Ordering::Relaxed),
+            sessions_open: 1,
+            ..BackendStats::default()
+        }
+    }
+}
+
+fn domains_from(list: &[u8]) -> Result<Domain, Error> {
+    let mut d = Domain::empty();
+    for n in list {
+        if !(1..=16).contains(n) {
+            return Err(Error::Config(format!("YubiHSM domain {n} is not in 1–16")));
+        }
+        d |= Domain::from_bits_truncate(1 << (n - 1));
+    }
+    if d.is_empty() {
+        return Err(Error::Config("at least one YubiHSM domain is needed".into()));
+    }
+    Ok(d)
+}
+
+fn connector_for(cfg: &YubiHsmConfig) -> Result<Connector, Error> {
+    let c = cfg.connector.trim();
+    if let Some(rest) = c.strip_prefix("http://") {
+        let rest = rest.trim_end_matches('/');
+        let (addr, port) = match rest.rsplit_once(':') {
+            Some((a, p)) => (
+                a.to_string(),
+                p.parse::<u16>().map_err(|_| Error::Config(format!("bad port in connector {c:?}")))?,
+            ),
+            None => (rest.to_string(), 12345),
+        };
+        if addr.is_empty() {
+            return Err(Error::Config(format!("no host in connector {c:?}")));
+        }
+        return Ok(Connector::http(&yubihsm::HttpConfig { addr, port, timeout_ms: cfg.op_timeout_ms }));
+    }
+    if c == "usb" || c.starts_with("usb:") {
+        return usb_connector(c, cfg.op_timeout_ms);
+    }
+    Err(Error::Config(format!("connector {c:?} is neither http://HOST:PORT nor usb[:SERIAL]")))
+}
+
+#[cfg(feature = "yubihsm-usb")]
+fn usb_connector(c: &str, timeout_ms: u64) -> Result<Connector, Error> {
+    let serial = match c.strip_prefix("usb:") {
+        Some(s) => Some(s.parse().map_err(|_| Error::Config(format!("bad YubiHSM serial in {c:?}")))?),
+        None => None,
+    };
+    Ok(Connector::usb(&yubihsm::UsbConfig { serial, timeout_ms }))
+}
+
+#[cfg(not(feature = "yubihsm-usb"))]
+fn usb_connector(c: &str, _timeout_ms: u64) -> Result<Connector, Error> {
+    Err(Error::Config(format!(
+        "connector {c:?}: this build has no USB support; rebuild with --features yubihsm-usb or use yubihsm-connector over http"
+    )))
+}
+
+/// Maps a yubihsm client error. Authentication failures are PIN-class errors (never retried).
+fn map_err(op: &'static str, key_id: u16, e: &yubihsm::client::Error) -> Error {
+    use yubihsm::client::ErrorKind as K;
+    use yubihsm::device::ErrorKind as D;
+    if let Some(d) = e.device_error() {
+        return match d {
+            D::AuthenticationFailed => Error::AuthFailed { key_id },
+            D::ObjectNotFound => Error::KeyNotFound { label: String::new() },
+            D::InsufficientPermissions | D::InvalidCommand | D::InvalidData | D::WrongLength => {
+                Error::Refused { op, rv: d.to_string() }
+            }
+            _ => Error::Device { op, rv: d.to_string() },
+        };
+    }
+    match e.kind() {
+        K::AuthenticationError => Error::AuthFailed { key_id },
+        _ => Error::Device { op, rv: e.to_string().split_whitespace().collect::<Vec<_>>().join(" ") },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connector_strings() {
+        let cfg = |c: &str| YubiHsmConfig {
+            connector: c.into(),
+            auth_key_id: 1,
+            password: super::super::PinSource::File("/nonexistent".into()),
+            domains: vec![1],
+            op_timeout_ms: 1000,
+        };
+        assert!(connector_for(&cfg("http://127.0.0.1:12345")).is_ok());
+        assert!(connector_for(&cfg("http://hsm.local")).is_ok());
+        assert!(connector_for(&cfg("http://:1")).is_err());
+        assert!(connector_for(&cfg("ftp://x")).is_err());
+        #[cfg(not(feature = "yubihsm-usb"))]
+        assert!(connector_for(&cfg("usb")).err().is_some_and(|e| e.to_string().contains("yubihsm-usb")));
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domains_from(&[1, 3]).ok(), Some(Domain::DOM1 | Domain::DOM3));
+        assert!(domains_from(&[0]).is_err());
+        assert!(domains_from(&[]).is_err());
+    }
+}
