@@ -108,6 +108,15 @@ fn generated_key_is_sensitive_and_never_extractable() {
         assert!(!access.contains(" extractable,") || access.contains("never extractable"));
         let usage = object.lines().find(|l| l.trim_start().starts_with("Usage:")).expect("Usage line");
         assert_eq!(usage.trim(), "Usage:      sign", "key must be sign-only");
+        let public = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(module())
+            .args(["--token-label", TOKEN_LABEL, "--list-objects", "--type", "pubkey"])
+            .output()
+            .expect("run pkcs11-tool");
+        let public = String::from_utf8_lossy(&public.stdout);
+        let usage = public.lines().find(|l| l.trim_start().starts_with("Usage:")).expect("public Usage line");
+        assert_eq!(usage.trim(), "Usage:      verify", "public half must be verify-only");
 
         // Signatures verify with the DSC public key.
         for i in 0..10 {

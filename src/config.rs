@@ -42,6 +42,76 @@ pub struct Config {
     /// The clients allowed in, by the identity in their certificate.
     #[serde(default, rename = "client")]
     pub clients: Vec<ClientConfig>,
+    /// This node's base URL as clients reach it (for `Location` headers behind a load balancer);
+    /// default `https://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Store settings.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Pipeline settings.
+    #[serde(default)]
+    pub pipeline: PipelineSettings,
+}
+
+/// Limits on what callers may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body in bytes (default 16 MiB: 10,000 records with room to spare).
+    pub max_body_bytes: usize,
+    /// Most records per batch (default 10,000).
+    pub max_batch_records: usize,
+    /// Most records per synchronous `POST /v1/sign` (default 100).
+    pub max_sync_records: usize,
+    /// Queued records above which new batches get 503 (default 1,000,000).
+    pub max_queued_records: u64,
+    /// Requests per second per client, 0 for no limit (default 50).
+    pub requests_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            max_batch_records: 10_000,
+            max_sync_records: 100,
+            max_queued_records: 1_000_000,
+            requests_per_second: 50,
+        }
+    }
+}
+
+/// The durable store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Days a batch is kept when the issuer never deletes it (default 7): personal health data
+    /// must not pile up.
+    pub retention_days: u32,
+    /// sled's page cache in MiB (default 32: with 200,000 records accepted the daemon stays
+    /// well under 256 MiB of RSS; 64 leaves too little for the rest).
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { retention_days: 7, cache_mb: 32 }
+    }
+}
+
+/// Signing workers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Worker threads (default: CPUs + 1). 0 accepts and stores batches without signing them,
+    /// for maintenance (an HSM swap) — readiness then still reflects the HSM.
+    pub workers: Option<usize>,
+    /// Records per chunk (default 64).
+    pub chunk_size: Option<usize>,
 }
 
 fn default_log_level() -> String {
@@ -177,6 +247,12 @@ impl Config {
             if c.roles.is_empty() {
                 return bad(format!("client {:?} has no roles", c.name));
             }
+        }
+        if self.limits.max_batch_records == 0 || self.limits.max_sync_records == 0 {
+            return bad("limits: max_batch_records and max_sync_records must be at least 1".into());
+        }
+        if self.store.retention_days == 0 {
+            return bad("store.retention_days must be at least 1".into());
         }
         if !matches!(self.log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
             return bad(format!(

@@ -7,12 +7,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod hcert;
 pub mod hsm;
 pub mod keys;
+pub mod logging;
+pub mod pipeline;
 pub mod pki;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 pub mod dev_init;
 pub mod qr;
+pub mod serve;
 pub mod verify;
 
 /// The subcommands.
@@ -13,6 +14,8 @@ pub mod verify;
 pub enum Command {
     /// Build a complete local development setup (SoftHSM token, CAs, keys, config). Never for production.
     DevInit(dev_init::Args),
+    /// Run the signing daemon.
+    Serve(serve::Args),
     /// Verify HC1 strings read from stdin, one per line; print one JSON report per line.
     Verify(verify::Args),
     /// Render an HC1 string as a QR code (PNG or SVG).
@@ -23,6 +26,7 @@ pub enum Command {
 pub fn run(command: Command) -> crate::Result<ExitCode> {
     match command {
         Command::DevInit(args) => dev_init::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Qr(args) => qr::run(args),
     }

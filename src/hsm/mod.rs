@@ -16,7 +16,8 @@ pub mod pkcs11;
 pub mod softhsm;
 pub mod yubihsm;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -97,6 +98,16 @@ pub trait Backend: Send + Sync + 'static {
     fn list_keys(&self) -> Result<Vec<KeyInfo>, Error>;
     /// Signs each 32-byte digest with ECDSA (no hashing by the HSM); returns raw `r‖s`.
     fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error>;
+    /// Starts signing `digests` as [`Backend::sign_digests`] would and returns without waiting
+    /// for the signatures, so that [`Hsm`] can verify earlier ones while the HSM works on these.
+    /// The same per-call timeout and fault handling apply; [`PendingSignatures::wait`] enforces
+    /// the timeout. Dropping the handle abandons the request.
+    ///
+    /// The default signs at once: a backend with one device session (YubiHSM2) has nothing to
+    /// overlap with.
+    fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>) -> PendingSignatures {
+        PendingSignatures::ready(self.sign_digests(label, &digests))
+    }
     /// A cheap liveness check (token present, session logged in).
     fn health(&self) -> Result<(), Error>;
     /// Tells the backend that something it returned was wrong (a signature that does not
@@ -106,6 +117,54 @@ pub trait Backend: Send + Sync + 'static {
     fn parallelism(&self) -> usize;
     /// Its counters.
     fn stats(&self) -> BackendStats;
+}
+
+/// Signatures a backend has been asked for ([`Backend::submit_digests`]) and may still be
+/// making. Raw, as the device made them: [`Hsm`] normalises and verifies them.
+#[must_use = "dropping a pending request abandons it"]
+pub struct PendingSignatures {
+    state: PendingState,
+}
+
+/// The wait is a closure so that each backend keeps its own reply channel and timeout rules.
+type WaitFn = Box<dyn FnOnce() -> Result<Vec<[u8; 64]>, Error> + Send>;
+
+enum PendingState {
+    Ready(Result<Vec<[u8; 64]>, Error>),
+    Deferred(WaitFn),
+}
+
+impl PendingSignatures {
+    /// A request already answered (a synchronous backend, or one refused at once).
+    pub fn ready(result: Result<Vec<[u8; 64]>, Error>) -> PendingSignatures {
+        PendingSignatures { state: PendingState::Ready(result) }
+    }
+
+    /// A request answered later by `wait`, which must return within the backend's per-call
+    /// timeout whatever the device does.
+    pub fn deferred(
+        wait: impl FnOnce() -> Result<Vec<[u8; 64]>, Error> + Send + 'static,
+    ) -> PendingSignatures {
+        PendingSignatures { state: PendingState::Deferred(Box::new(wait)) }
+    }
+
+    /// Blocks until the signatures are ready, the request fails, or its timeout passes.
+    pub fn wait(self) -> Result<Vec<[u8; 64]>, Error> {
+        match self.state {
+            PendingState::Ready(result) => result,
+            PendingState::Deferred(wait) => wait(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingSignatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            PendingState::Ready(_) => "ready",
+            PendingState::Deferred(_) => "deferred",
+        };
+        f.debug_struct("PendingSignatures").field("state", &state).finish()
+    }
 }
 
 /// The appliance's handle on its HSM. Cheap to clone; all clones share one backend.
@@ -128,12 +187,9 @@ struct Verifier {
     key: ParsedPublicKey,
 }
 
-/// Below this many items per thread, `sign_many` does not split a batch (thread start-up would
-/// cost more than it saves).
-const MIN_ITEMS_PER_THREAD: usize = 16;
-/// Items per backend call inside `sign_many`: small enough that verification of one slice
-/// overlaps with signing of the next on another thread.
-const SLICE: usize = 8;
+/// Most items in one backend request of `sign_many`: big enough to amortise the hand-off to a
+/// session, small enough that the first signatures come back (to be verified) soon.
+const MAX_SLICE: usize = 16;
 
 impl std::fmt::Debug for Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,87 +254,30 @@ impl Hsm {
     /// A signature that fails verification is never returned: it is counted, the backend is
     /// told to reset (device fault) and [`Error::BadSignature`] is returned.
     pub fn sign(&self, label: &str, message: &[u8], digest: &[u8; 32]) -> Result<[u8; 64], Error> {
-        let mut sigs = self.sign_slice(label, &[(message, *digest)])?;
-        // sign_slice returns exactly one signature per item; fail closed if not.
+        let mut sigs = self.sign_pipelined(label, &[(message, *digest)])?;
+        // sign_pipelined returns exactly one signature per item; fail closed if not.
         sigs.pop().ok_or(Error::Device { op: "sign", rv: "no signature returned".into() })
     }
 
     /// Signs a batch of `(message, SHA-256(message))` items with one key; same guarantees as
-    /// [`Hsm::sign`] for each signature. Large batches are spread over the backend's sessions,
-    /// with verification overlapping signing. All or nothing: any failure fails the batch.
-    pub fn sign_many<M: AsRef<[u8]> + Sync>(
+    /// [`Hsm::sign`] for each signature. The batch is cut into requests that keep every session
+    /// of the backend busy while this thread verifies the signatures already returned. All or
+    /// nothing: any failure fails the batch, and no signature of a failed batch is released.
+    pub fn sign_many<M: AsRef<[u8]>>(
         &self,
         label: &str,
         items: &[(M, [u8; 32])],
     ) -> Result<Vec<[u8; 64]>, Error> {
-        // One thread more than the backend has sessions: while one thread verifies the slice it
-        // got back, every session still has a slice to sign.
-        let threads = (self.inner.backend.parallelism() + 1).min(items.len() / MIN_ITEMS_PER_THREAD).max(1);
-        if threads <= 1 {
-            return self.sign_slice(label, items);
-        }
-        let per_thread = items.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = items
-                .chunks(per_thread)
-                .map(|part| scope.spawn(move || self.sign_slice(label, part)))
-                .collect();
-            let mut out = Vec::with_capacity(items.len());
-            let mut first_err = None;
-            for h in handles {
-                match h.join() {
-                    Ok(Ok(sigs)) => out.extend(sigs),
-                    Ok(Err(e)) => {
-                        first_err.get_or_insert(e);
-                    }
-                    Err(_) => {
-                        first_err.get_or_insert(Error::Device {
-                            op: "sign",
-                            rv: "a signing thread panicked".into(),
-                        });
-                    }
-                }
-            }
-            match first_err {
-                Some(e) => Err(e),
-                None => Ok(out),
-            }
-        })
+        self.sign_pipelined(label, items)
     }
 
-    /// Signs items slice by slice on this thread: one backend call per `SLICE` items, then
-    /// normalise and verify each signature before it can be released.
-    fn sign_slice<M: AsRef<[u8]>>(
+    /// Counts the outcome of [`Hsm::pipeline`]: released signatures or one failed call.
+    fn sign_pipelined<M: AsRef<[u8]>>(
         &self,
         label: &str,
         items: &[(M, [u8; 32])],
     ) -> Result<Vec<[u8; 64]>, Error> {
-        let result = (|| {
-            validate_label(label)?;
-            for (message, digest) in items {
-                if sha256(message.as_ref()) != *digest {
-                    return Err(Error::DigestMismatch);
-                }
-            }
-            let verifier = self.verifier(label)?;
-            let mut out = Vec::with_capacity(items.len());
-            let mut digests = Vec::with_capacity(SLICE);
-            for slice in items.chunks(SLICE) {
-                digests.clear();
-                digests.extend(slice.iter().map(|(_, d)| *d));
-                let raw = self.inner.backend.sign_digests(label, &digests)?;
-                if raw.len() != slice.len() {
-                    return Err(Error::Device {
-                        op: "sign",
-                        rv: format!("{} signatures for {} digests", raw.len(), slice.len()),
-                    });
-                }
-                for ((message, _), raw) in slice.iter().zip(raw) {
-                    out.push(self.finish(label, &verifier, message.as_ref(), raw)?);
-                }
-            }
-            Ok(out)
-        })();
+        let result = self.pipeline(label, items);
         match &result {
             Ok(sigs) => {
                 self.inner.signatures.fetch_add(sigs.len() as u64, Ordering::Relaxed);
@@ -288,6 +287,62 @@ impl Hsm {
             }
         }
         result
+    }
+
+    /// Signs `items` in slices submitted ahead: up to one request more than the backend has
+    /// sessions is in flight, so while this thread normalises and verifies slice *i*, the
+    /// sessions sign slices *i+1…* and none waits for work. Results are consumed in order;
+    /// on the first error the rest is dropped, which the backend takes as abandoned.
+    fn pipeline<M: AsRef<[u8]>>(&self, label: &str, items: &[(M, [u8; 32])]) -> Result<Vec<[u8; 64]>, Error> {
+        validate_label(label)?;
+        let verifier = self.verifier(label)?;
+        let window = self.inner.backend.parallelism().max(1) + 1;
+        let mut in_flight = VecDeque::with_capacity(window);
+        let mut next = 0;
+        let mut out = Vec::with_capacity(items.len());
+        self.submit_ahead(label, items, window, &mut next, &mut in_flight)?;
+        while let Some((range, pending)) = in_flight.pop_front() {
+            let raw = pending.wait()?;
+            // The session that answered is free again: give it the next slice before verifying.
+            self.submit_ahead(label, items, window, &mut next, &mut in_flight)?;
+            if raw.len() != range.len() {
+                return Err(Error::Device {
+                    op: "sign",
+                    rv: format!("{} signatures for {} digests", raw.len(), range.len()),
+                });
+            }
+            for ((message, _), raw) in items[range].iter().zip(raw) {
+                out.push(self.finish(label, &verifier, message.as_ref(), raw)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Submits slices of `items` from `*next` until `window` requests are in flight. Each
+    /// slice's digests are checked against their messages first, so the HSM never signs a
+    /// digest that does not belong to its message.
+    fn submit_ahead<M: AsRef<[u8]>>(
+        &self,
+        label: &str,
+        items: &[(M, [u8; 32])],
+        window: usize,
+        next: &mut usize,
+        in_flight: &mut VecDeque<(Range<usize>, PendingSignatures)>,
+    ) -> Result<(), Error> {
+        while in_flight.len() < window && *next < items.len() {
+            let len = slice_len(items.len() - *next, window);
+            let slice = &items[*next..*next + len];
+            let mut digests = Vec::with_capacity(len);
+            for (message, digest) in slice {
+                if sha256(message.as_ref()) != *digest {
+                    return Err(Error::DigestMismatch);
+                }
+                digests.push(*digest);
+            }
+            in_flight.push_back((*next..*next + len, self.inner.backend.submit_digests(label, digests)));
+            *next += len;
+        }
+        Ok(())
     }
 
     /// Low-S normalisation and software verification of one raw signature.
@@ -369,6 +424,13 @@ impl Hsm {
     }
 }
 
+/// Items in the next request of a batch with `remaining` items left: about a sixth of what is
+/// left per in-flight slot, so slices shrink towards the end and the last verification (which
+/// nothing overlaps) is short, while early slices are large enough to amortise the hand-off.
+fn slice_len(remaining: usize, window: usize) -> usize {
+    remaining.div_ceil(2 * window).clamp(1, MAX_SLICE).min(remaining)
+}
+
 /// SHA-256 with aws-lc (the same digest the daemon computes over the COSE to-be-signed bytes).
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
@@ -414,6 +476,15 @@ mod tests {
         key: p256::ecdsa::SigningKey,
         mode: std::sync::Mutex<&'static str>,
         faults: AtomicU64,
+        queue: Arc<Queue>,
+    }
+
+    /// What the pipeline asked of the fake: requests made, and how many were pending at once.
+    #[derive(Default)]
+    struct Queue {
+        requests: AtomicU64,
+        in_flight: AtomicU64,
+        max_in_flight: AtomicU64,
     }
 
     impl Fake {
@@ -453,11 +524,28 @@ mod tests {
                             b[40] ^= 1;
                             b
                         }
+                        "poison" if *d == sha256(b"poison") => {
+                            let mut b: [u8; 64] = sig.to_bytes().into();
+                            b[40] ^= 1;
+                            b
+                        }
                         _ => sig.to_bytes().into(),
                     };
                     Ok(out)
                 })
                 .collect()
+        }
+        fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>) -> PendingSignatures {
+            // Answered later, like the PKCS#11 pool: counts what is in flight.
+            let result = self.sign_digests(label, &digests);
+            let q = self.queue.clone();
+            q.requests.fetch_add(1, Ordering::SeqCst);
+            let now = q.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            q.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            PendingSignatures::deferred(move || {
+                q.in_flight.fetch_sub(1, Ordering::SeqCst);
+                result
+            })
         }
         fn health(&self) -> Result<(), Error> {
             Ok(())
@@ -474,13 +562,24 @@ mod tests {
     }
 
     fn fake(mode: &'static str) -> Hsm {
+        fake_with_queue(mode).0
+    }
+
+    fn fake_with_queue(mode: &'static str) -> (Hsm, Arc<Queue>) {
         let mut seed = [7u8; 32];
         seed[0] = 1;
-        Hsm::from_backend(Fake {
+        let queue = Arc::new(Queue::default());
+        let hsm = Hsm::from_backend(Fake {
             key: p256::ecdsa::SigningKey::from_bytes(&seed.into()).expect("key"),
             mode: std::sync::Mutex::new(mode),
             faults: AtomicU64::new(0),
-        })
+            queue: queue.clone(),
+        });
+        (hsm, queue)
+    }
+
+    fn batch(n: usize) -> Vec<(Vec<u8>, [u8; 32])> {
+        (0..n).map(|i| format!("record {i}").into_bytes()).map(|m| (m.clone(), sha256(&m))).collect()
     }
 
     fn verifies(hsm: &Hsm, m: &[u8], sig: &[u8; 64]) -> bool {
@@ -516,6 +615,78 @@ mod tests {
         assert_eq!(stats.signatures, 0);
         assert!(stats.bad_signatures >= 2, "{stats:?}");
         assert!(stats.backend.faults >= 2, "{stats:?}");
+    }
+
+    #[test]
+    fn batches_are_signed_ahead_and_returned_in_order() {
+        let (hsm, queue) = fake_with_queue("high-s");
+        let mut total = 0;
+        for n in [0, 1, 2, 5, 17, 64, 300] {
+            let items = batch(n);
+            let sigs = hsm.sign_many("k", &items).expect("batch");
+            assert_eq!(sigs.len(), n);
+            for ((m, _), s) in items.iter().zip(&sigs) {
+                assert!(verifies(&hsm, m, s), "batch of {n}: signature out of order or invalid");
+            }
+            total += n as u64;
+        }
+        assert_eq!(hsm.stats().signatures, total);
+        // One request more than the backend has sessions (2) was kept in flight.
+        assert_eq!(queue.max_in_flight.load(Ordering::SeqCst), 3);
+        assert_eq!(queue.in_flight.load(Ordering::SeqCst), 0);
+        // Slices shrink towards the end of a batch but stay bounded: 300 items are neither one
+        // request nor 300.
+        let before = queue.requests.load(Ordering::SeqCst);
+        hsm.sign_many("k", &batch(300)).expect("batch");
+        let requests = queue.requests.load(Ordering::SeqCst) - before;
+        assert!((300 / MAX_SLICE as u64..=60).contains(&requests), "{requests} requests for 300 items");
+    }
+
+    #[test]
+    fn one_bad_signature_fails_the_whole_batch() {
+        let (hsm, _) = fake_with_queue("poison");
+        let mut items = batch(64);
+        items[40] = (b"poison".to_vec(), sha256(b"poison"));
+        let e = hsm.sign_many("k", &items).expect_err("poisoned batch");
+        assert!(matches!(e, Error::BadSignature { .. }), "{e:?}");
+        let stats = hsm.stats();
+        assert_eq!(stats.signatures, 0, "{stats:?}");
+        assert_eq!(stats.sign_failures, 1, "{stats:?}");
+        assert_eq!(stats.bad_signatures, 1, "{stats:?}");
+        assert_eq!(stats.backend.faults, 1, "{stats:?}");
+        // The rest of the batch signs once the bad item is gone.
+        items.remove(40);
+        assert_eq!(hsm.sign_many("k", &items).expect("clean batch").len(), 63);
+    }
+
+    #[test]
+    fn a_wrong_digest_anywhere_fails_the_batch_without_a_fault() {
+        let (hsm, queue) = fake_with_queue("");
+        let mut items = batch(64);
+        items[50].1[0] ^= 1;
+        let e = hsm.sign_many("k", &items).expect_err("bad digest");
+        assert!(matches!(e, Error::DigestMismatch), "{e:?}");
+        let stats = hsm.stats();
+        assert_eq!((stats.signatures, stats.sign_failures, stats.backend.faults), (0, 1, 0), "{stats:?}");
+        // The slice holding the wrong digest was never submitted.
+        assert!(queue.requests.load(Ordering::SeqCst) < 64);
+    }
+
+    #[test]
+    fn slices_cover_the_batch_and_shrink_towards_its_end() {
+        for window in [2, 3, 5, 17] {
+            for n in [1, 2, 3, 10, 64, 1000] {
+                let mut left = n;
+                let mut last = usize::MAX;
+                while left > 0 {
+                    let len = slice_len(left, window);
+                    assert!((1..=MAX_SLICE.min(left)).contains(&len));
+                    assert!(len <= last, "slices grow: {len} after {last}");
+                    last = len;
+                    left -= len;
+                }
+            }
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Limit, Slot};
 
-use super::{Backend, BackendStats, Error, KeyInfo, P256_EC_PARAMS, Pin, Pkcs11Config};
+use super::{Backend, BackendStats, Error, KeyInfo, P256_EC_PARAMS, PendingSignatures, Pin, Pkcs11Config};
 
 /// `C_Login` calls made by this process, over all backends and generations: the number a
 /// security officer wants to see after a PIN error (it must not climb by itself).
@@ -136,7 +136,11 @@ impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
         let mut g = self.0.gate.lock().unwrap_or_else(|p| p.into_inner());
         g.active = g.active.saturating_sub(1);
-        self.0.gate_cv.notify_all();
+        // Only teardown waits on the condvar, and only after closing the gate (under this lock):
+        // skip the wake-up system call on every job otherwise.
+        if g.closed {
+            self.0.gate_cv.notify_all();
+        }
     }
 }
 
@@ -184,6 +188,17 @@ struct Job {
     calls: u32,
     run: JobFn,
 }
+
+/// A queued job's answer channel and the time by which its caller stops waiting.
+struct Reply<T> {
+    rx: flume::Receiver<Result<T, Error>>,
+    op: &'static str,
+    budget: Duration,
+    deadline: Instant,
+}
+
+/// The longest any call waits, whatever its size: a bound for budgets the clock cannot add.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// What a job may use besides its session.
 struct Ctx<'a> {
@@ -290,11 +305,21 @@ impl Backend for Pkcs11Backend {
     }
 
     fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error> {
+        self.submit_digests(label, digests.to_vec()).wait()
+    }
+
+    fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>) -> PendingSignatures {
         let label = label.to_string();
-        let digests = digests.to_vec();
         // C_SignInit plus two C_Sign per digest (cryptoki asks the length first).
-        let calls = u32::try_from(digests.len() * 3 + 2).unwrap_or(u32::MAX);
-        self.inner().call(Kind::Sign, "sign", calls, move |s, ctx| ctx.sign(s, &label, &digests))
+        let calls = u32::try_from(digests.len().saturating_mul(3).saturating_add(2)).unwrap_or(u32::MAX);
+        let inner = self.inner();
+        match inner.submit(Kind::Sign, "sign", calls, move |s, ctx| ctx.sign(s, &label, &digests)) {
+            Ok(reply) => {
+                let inner = inner.clone();
+                PendingSignatures::deferred(move || inner.wait(reply))
+            }
+            Err(e) => PendingSignatures::ready(Err(e)),
+        }
     }
 
     fn health(&self) -> Result<(), Error> {
@@ -382,12 +407,27 @@ impl Inner {
         calls: u32,
         f: impl FnOnce(&Session, &Ctx<'_>) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
+        let reply = self.submit(kind, op, calls, f)?;
+        self.wait(reply)
+    }
+
+    /// Queues `f` for a worker's session and returns at once; [`Inner::wait`] collects the
+    /// answer. The time budget (`op_timeout` per PKCS#11 call plus one for queueing) starts now,
+    /// so a request submitted ahead cannot extend its caller's wait.
+    fn submit<T: Send + 'static>(
+        &self,
+        kind: Kind,
+        op: &'static str,
+        calls: u32,
+        f: impl FnOnce(&Session, &Ctx<'_>) -> Result<T, Error> + Send + 'static,
+    ) -> Result<Reply<T>, Error> {
         let generation = self.current()?;
         let (tx, rx) = flume::bounded::<Result<T, Error>>(1);
         let job = Job {
             calls,
             run: Box::new(move |session, ctx| {
-                // The caller gave up (timed out): don't spend a token operation on it.
+                // The caller gave up (timed out, or an earlier part of its batch failed): don't
+                // spend a token operation on it.
                 if tx.is_disconnected() {
                     return;
                 }
@@ -405,13 +445,20 @@ impl Inner {
                 .err()
                 .unwrap_or(Error::Unavailable { reason: "the HSM session pool is re-initialising".into() }));
         }
-        drop(generation);
-        let wait = self.op_timeout.saturating_mul(calls.saturating_add(1));
-        match rx.recv_timeout(wait) {
+        let budget = self.op_timeout.saturating_mul(calls.saturating_add(1));
+        let now = Instant::now();
+        // A budget too large for the clock (absurd sizes) still gets a finite wait.
+        let deadline = now.checked_add(budget).unwrap_or_else(|| now + MAX_WAIT);
+        Ok(Reply { rx, op, budget, deadline })
+    }
+
+    /// Waits for a submitted job's answer until its deadline.
+    fn wait<T>(&self, reply: Reply<T>) -> Result<T, Error> {
+        match reply.rx.recv_deadline(reply.deadline) {
             Ok(r) => r,
             Err(flume::RecvTimeoutError::Timeout) => {
                 self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(Error::Timeout { op, after: wait })
+                Err(Error::Timeout { op: reply.op, after: reply.budget })
             }
             // The job was dropped unanswered: the generation was torn down under it.
             Err(flume::RecvTimeoutError::Disconnected) => {
@@ -1020,7 +1067,11 @@ impl Ctx<'_> {
         let public_template = [
             Attribute::Token(true),
             Attribute::Private(false),
+            // Verify only: SoftHSM otherwise marks the public half encrypt/wrap by default.
             Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Derive(false),
             Attribute::EcParams(P256_EC_PARAMS.to_vec()),
             Attribute::Label(label_bytes.clone()),
             Attribute::Id(id.clone()),

@@ -33,7 +33,13 @@ impl ActiveKey {
     /// A key with the default usage period (six months from notBefore, never past notAfter).
     pub fn new(label: &str, dsc: Dsc, activated_at: i64) -> ActiveKey {
         let usage_end = dsc.not_before.saturating_add(DEFAULT_USAGE_SECS).min(dsc.not_after);
-        ActiveKey { label: label.to_owned(), header: KeyHeader::es256(dsc.kid), dsc: Arc::new(dsc), activated_at, usage_end }
+        ActiveKey {
+            label: label.to_owned(),
+            header: KeyHeader::es256(dsc.kid),
+            dsc: Arc::new(dsc),
+            activated_at,
+            usage_end,
+        }
     }
 
     /// Whether it may sign a certificate of `kind` at `now`.
@@ -70,6 +76,11 @@ impl Keyring {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Every key in service (what the trust list publishes while it is valid).
+    pub fn all(&self) -> Arc<Vec<ActiveKey>> {
+        self.snapshot()
+    }
+
     /// Replaces the set of active keys.
     pub fn replace(&self, keys: Vec<ActiveKey>) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
@@ -103,7 +114,13 @@ pub fn select(keys: &[ActiveKey], kind: CertificateType, now: i64) -> Result<Act
 mod tests {
     use super::*;
 
-    fn key(label: &str, nb: i64, na: i64, activated: i64, allowed: Option<Vec<CertificateType>>) -> ActiveKey {
+    fn key(
+        label: &str,
+        nb: i64,
+        na: i64,
+        activated: i64,
+        allowed: Option<Vec<CertificateType>>,
+    ) -> ActiveKey {
         let dsc = Dsc {
             der: label.as_bytes().to_vec(),
             kid: crate::hcert::cose::kid(label.as_bytes()),
@@ -137,7 +154,13 @@ mod tests {
         assert!(ring.select(CertificateType::Recovery, DEFAULT_USAGE_SECS - 1).is_ok());
         let e = ring.select(CertificateType::Recovery, DEFAULT_USAGE_SECS).unwrap_err();
         assert!(e.to_string().contains("usage period has ended"), "{e}");
-        assert!(Keyring::default().select(CertificateType::Test, 0).unwrap_err().to_string().contains("none is active"));
+        assert!(
+            Keyring::default()
+                .select(CertificateType::Test, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("none is active")
+        );
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! The daemon over real TLS on loopback, with the certificates dev-init made: the batch API of
+//! PRODUCT.md end to end, and everything it must refuse.
+
+mod daemon;
+
+use std::time::Duration;
+
+use daemon::{Daemon, records, verify_all, wait_done};
+use hcert_signer::client::{ApiClient, ClientTls};
+use serde_json::{Value, json};
+
+fn ndjson(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body).lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_signed_fetched_and_verified() {
+    let d = Daemon::start();
+    let mut c = d.client("issuer").await;
+    let recs = records("r", 10_000);
+    let r = c.post("/v1/batches", &json!({"records": recs})).await.unwrap();
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let accepted = r.json().unwrap();
+    assert_eq!(accepted["state"], "queued");
+    assert_eq!(accepted["records"], 10_000);
+    let id = accepted["batch_id"].as_str().unwrap().to_owned();
+    let location = r.headers.get("location").unwrap().to_str().unwrap();
+    assert_eq!(location, format!("https://{}/v1/batches/{id}", d.listen));
+
+    let status = wait_done(&mut c, &id, Duration::from_secs(600)).await;
+    assert_eq!(
+        (status["total"].as_u64(), status["signed"].as_u64(), status["rejected"].as_u64()),
+        (Some(10_000), Some(10_000), Some(0))
+    );
+    let results = c.get(&format!("/v1/batches/{id}/results")).await.unwrap();
+    assert_eq!(results.status, 200);
+    assert_eq!(results.headers["content-type"], "application/x-ndjson");
+    let lines = ndjson(&results.body);
+    assert_eq!(lines.len(), 10_000);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["ref"], format!("r{i}"));
+        assert_eq!(l["status"], "signed", "{l}");
+        assert!(l["uvci"].as_str().unwrap().starts_with("URN:UVCI:01:VN:"));
+        assert!(l["exp"].as_i64().unwrap() > l["iat"].as_i64().unwrap());
+    }
+    let trust = c.get("/v1/trust-list").await.unwrap();
+    assert_eq!(trust.status, 200);
+    let hc1s: Vec<String> = lines.iter().map(|l| l["hc1"].as_str().unwrap().to_owned()).collect();
+    let (all_ok, reports) = verify_all(std::str::from_utf8(&trust.body).unwrap(), &hc1s);
+    assert!(all_ok, "{:?}", reports.iter().find(|r| r["ok"] != true));
+    assert_eq!(reports.len(), 10_000);
+
+    // The issuer is done with it: purge, and it is gone.
+    assert_eq!(c.delete(&format!("/v1/batches/{id}")).await.unwrap().status, 200);
+    assert_eq!(c.get(&format!("/v1/batches/{id}")).await.unwrap().status, 404);
+    assert_eq!(c.get(&format!("/v1/batches/{id}/results")).await.unwrap().status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_bad_records_out_of_a_hundred() {
+    let d = Daemon::start();
+    let mut c = d.client("issuer").await;
+    let mut recs = records("r", 100);
+    recs[10]["dcc"]["v"] = json!([]); // may not hit a vaccination record: replace the groups
+    for g in ["t", "r"] {
+        recs[10]["dcc"].as_object_mut().unwrap().remove(g);
+    }
+    recs[50]["dcc"]["dob"] = json!("2999-01-01");
+    recs[90]["dcc"]["nam"] = json!({"fn": "X"});
+    let r = c.post("/v1/batches", &json!({"records": recs})).await.unwrap();
+    assert_eq!(r.status, 202);
+    let id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
+    let status = wait_done(&mut c, &id, Duration::from_secs(120)).await;
+    assert_eq!((status["signed"].as_u64(), status["rejected"].as_u64()), (Some(97), Some(3)));
+    let lines = ndjson(&c.get(&format!("/v1/batches/{id}/results")).await.unwrap().body);
+    let rejected: Vec<&Value> = lines.iter().filter(|l| l["status"] == "rejected").collect();
+    assert_eq!(
+        rejected.iter().map(|l| l["ref"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["r10", "r50", "r90"]
+    );
+    let messages: Vec<&str> = rejected.iter().map(|l| l["error"]["message"].as_str().unwrap()).collect();
+    assert!(messages[0].starts_with("v"), "{messages:?}");
+    assert!(messages[1].starts_with("dob"), "{messages:?}");
+    assert!(messages[2].starts_with("nam"), "{messages:?}");
+    for l in &rejected {
+        assert!(l["error"]["code"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals() {
+    let d = Daemon::start();
+    let mut issuer = d.client("issuer").await;
+
+    // Malformed JSON → 400 with a message.
+    let r = issuer.request(http::Method::POST, "/v1/batches", Some(b"{not json".to_vec())).await.unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json().unwrap()["error"]["message"].as_str().unwrap().contains("invalid request body"));
+    // A body that is not declared JSON → 415; an unknown route → 404.
+    let r = issuer.request(http::Method::POST, "/v1/batches", None).await.unwrap();
+    assert_eq!(r.status, 415);
+    let r = issuer.request(http::Method::GET, "/v1/nowhere", None).await.unwrap();
+    assert_eq!(r.status, 404);
+    // Oversize body → 413 (the default limit is 16 MiB), answered from the declared length
+    // before a byte of the body is read. Raw TLS, because an HTTP client would still be busy
+    // writing the body when the server closes.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(d.listen).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(d.tls("issuer").rustls_config());
+        let mut tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+        tls.write_all(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 17825792\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 512];
+        let n = tls.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    }
+
+    // A client without the issue role → 403.
+    let mut officer = d.client("officer1").await;
+    let r = officer.post("/v1/batches", &json!({"records": records("o", 1)})).await.unwrap();
+    assert_eq!(r.status, 403);
+
+    // Another issuer's batch → 404.
+    let mut issuer = d.client("issuer").await;
+    let r = issuer.post("/v1/batches", &json!({"records": records("a", 2)})).await.unwrap();
+    let id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
+    let mut other = d.client("issuer2").await;
+    assert_eq!(other.get(&format!("/v1/batches/{id}")).await.unwrap().status, 404);
+    assert_eq!(other.get(&format!("/v1/batches/{id}/results")).await.unwrap().status, 404);
+    assert_eq!(other.delete(&format!("/v1/batches/{id}")).await.unwrap().status, 404);
+    assert_eq!(issuer.get(&format!("/v1/batches/{id}")).await.unwrap().status, 200);
+
+    // No client certificate: the handshake (or the first exchange, with TLS 1.3) fails.
+    let anon = ClientTls::anonymous(&d.path().join("tls/ca.pem")).unwrap();
+    let refused = match ApiClient::connect(d.listen, "localhost", &anon).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("/v1/trust-list").await.is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+
+    // A certificate from a CA the server does not trust.
+    let rogue = hcert_signer::pki::dev::DevCa::new("VN", "Rogue", "Rogue CA", 1).unwrap();
+    let cert = rogue.issue_client("issuer", 30).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("c.key"), &cert.key_pem).unwrap();
+    let tls = ClientTls::from_files(
+        &d.path().join("tls/ca.pem"),
+        &dir.path().join("c.pem"),
+        &dir.path().join("c.key"),
+    )
+    .unwrap();
+    let refused = match ApiClient::connect(d.listen, "localhost", &tls).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("/v1/trust-list").await.is_err(),
+    };
+    assert!(refused, "a client with an untrusted certificate was served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_across_restart() {
+    let mut d = Daemon::start();
+    let body = json!({"records": records("i", 20), "idempotency_key": "upload-2026-11-22-0001"});
+    let mut c = d.client("issuer").await;
+    let first = c.post("/v1/batches", &body).await.unwrap().json().unwrap();
+    let second = c.post("/v1/batches", &body).await.unwrap().json().unwrap();
+    assert_eq!(first["batch_id"], second["batch_id"]);
+    assert_eq!(second["replayed"], true);
+    // The same key from another issuer is another batch.
+    let mut c2 = d.client("issuer2").await;
+    let other = c2.post("/v1/batches", &body).await.unwrap().json().unwrap();
+    assert_ne!(first["batch_id"], other["batch_id"]);
+
+    assert_eq!(d.terminate(), Some(0), "SIGTERM must stop cleanly: {}", d.log_text());
+    d.spawn();
+    d.wait_ready(Duration::from_secs(60));
+    let mut c = d.client("issuer").await;
+    let third = c.post("/v1/batches", &body).await.unwrap().json().unwrap();
+    assert_eq!(first["batch_id"], third["batch_id"]);
+    let id = first["batch_id"].as_str().unwrap();
+    let status = wait_done(&mut c, id, Duration::from_secs(60)).await;
+    assert_eq!(status["total"], 20);
+    assert_eq!(status["signed"].as_u64().unwrap() + status["rejected"].as_u64().unwrap(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_sign_and_every_documented_route_answers() {
+    let d = Daemon::start();
+    let mut c = d.client("issuer").await;
+    let r = c.post("/v1/sign", &json!({"records": records("s", 3)})).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results = r.json().unwrap()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    let trust = c.get("/v1/trust-list").await.unwrap();
+    let hc1s: Vec<String> = results.iter().map(|l| l["hc1"].as_str().unwrap().to_owned()).collect();
+    assert!(verify_all(std::str::from_utf8(&trust.body).unwrap(), &hc1s).0);
+
+    // Every route of the OpenAPI document is answered by the server (not "no_route").
+    let id = c.post("/v1/batches", &json!({"records": records("x", 1)})).await.unwrap().json().unwrap()["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (method, template) in hcert_signer::api::ROUTES {
+        let path = template.replace("{id}", &id);
+        let method: http::Method = method.parse().unwrap();
+        let body = (method == http::Method::POST)
+            .then(|| serde_json::to_vec(&json!({"records": records("y", 1)})).unwrap());
+        let r = c.request(method.clone(), &path, body).await.unwrap();
+        let code = r.json().ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        assert_ne!(code.as_deref(), Some("no_route"), "{method} {path}");
+        assert_ne!(r.status, 405, "{method} {path}");
+    }
+    // Health answers on the operations listener without a certificate.
+    assert_eq!(daemon::ops_get(d.ops, "/healthz").unwrap().0, 200);
+    assert_eq!(daemon::ops_get(d.ops, "/readyz").unwrap().0, 200);
+}

@@ -1,0 +1,235 @@
+//! A real daemon for integration tests: `dev-init` in a temp dir (fresh SoftHSM token, CAs,
+//! keys, config), `hcert-signer serve` as a child process, and mTLS clients from the
+//! certificates dev-init wrote.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hcert_signer::client::{ApiClient, ClientTls};
+use hcert_signer::hcert::dcc::arbitrary;
+use proptest::strategy::{Strategy, ValueTree};
+use serde_json::{Value, json};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hcert-signer");
+
+/// A dev-init directory with a daemon that may be running.
+pub struct Daemon {
+    /// The dev-init directory (kept while the value lives).
+    pub dir: tempfile::TempDir,
+    /// API address.
+    pub listen: SocketAddr,
+    /// Operations (health, metrics) address.
+    pub ops: SocketAddr,
+    child: Option<Child>,
+    /// Everything the daemon wrote to stderr, across restarts.
+    pub log: PathBuf,
+}
+
+fn config_addr(config: &str, key: &str) -> SocketAddr {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = \"")).and_then(|r| r.strip_suffix('"')))
+        .unwrap_or_else(|| panic!("{key} in config.toml"))
+        .parse()
+        .expect("address")
+}
+
+impl Daemon {
+    /// dev-init in a fresh directory (not started yet).
+    pub fn init() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out =
+            Command::new(BIN).args(["dev-init", "--dir"]).arg(dir.path()).output().expect("run dev-init");
+        assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let config = std::fs::read_to_string(dir.path().join("config.toml")).expect("config.toml");
+        let log = dir.path().join("daemon.log");
+        Daemon {
+            listen: config_addr(&config, "listen"),
+            ops: config_addr(&config, "metrics_listen"),
+            dir,
+            child: None,
+            log,
+        }
+    }
+
+    /// dev-init and start, waiting until ready.
+    pub fn start() -> Daemon {
+        let mut d = Daemon::init();
+        d.spawn();
+        d.wait_ready(Duration::from_secs(60));
+        d
+    }
+
+    /// The dev-init directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Appends `text` to config.toml (for tests that change limits).
+    pub fn append_config(&self, text: &str) {
+        let p = self.path().join("config.toml");
+        let mut c = std::fs::read_to_string(&p).expect("config");
+        // Top-level keys must come before the first table.
+        if !text.trim_start().starts_with('[') {
+            c = format!("{text}\n{c}");
+        } else {
+            c.push_str(text);
+        }
+        std::fs::write(p, c).expect("write config");
+    }
+
+    /// Starts `serve` (stderr appended to [`Daemon::log`]).
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn serve");
+        self.child = Some(child);
+    }
+
+    /// Waits for `/readyz` on the operations listener to answer 200.
+    pub fn wait_ready(&mut self, within: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("daemon exited with {status}: {}", self.log_text());
+            }
+            if ops_get(self.ops, "/readyz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            assert!(start.elapsed() < within, "daemon not ready within {within:?}: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, as a power cut would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Sends a signal by name (e.g. `HUP`).
+    pub fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([&format!("-{name}"), &c.id().to_string()]).status();
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// TLS settings of the dev-init client `name` (issuer, issuer2, officer1, officer2).
+    pub fn tls(&self, name: &str) -> ClientTls {
+        let t = self.path().join("tls");
+        ClientTls::from_files(
+            &t.join("ca.pem"),
+            &t.join(format!("{name}.pem")),
+            &t.join(format!("{name}.key")),
+        )
+        .expect("client tls")
+    }
+
+    /// A connected client as `name`.
+    pub async fn client(&self, name: &str) -> ApiClient {
+        ApiClient::connect(self.listen, "localhost", &self.tls(name)).await.expect("connect")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain-HTTP GET on the operations listener: (status, body), or None if it does not answer.
+pub fn ops_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+/// `n` valid records (`ref` = prefix + index), deterministic, of all three kinds.
+pub fn records(prefix: &str, n: usize) -> Vec<Value> {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = arbitrary::dcc();
+    (0..n)
+        .map(|i| {
+            let dcc = strategy.new_tree(&mut runner).expect("dcc").current();
+            let mut v = serde_json::to_value(&dcc).expect("json");
+            // Half without a UVCI: the appliance assigns one.
+            if i % 2 == 0 {
+                for g in ["v", "t", "r"] {
+                    if let Some(e) = v.get_mut(g).and_then(|a| a.get_mut(0)).and_then(Value::as_object_mut) {
+                        e.remove("ci");
+                    }
+                }
+            }
+            json!({"ref": format!("{prefix}{i}"), "dcc": v})
+        })
+        .collect()
+}
+
+/// Polls a batch until it is done (or panics after `within`).
+pub async fn wait_done(client: &mut ApiClient, id: &str, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = client.get(&format!("/v1/batches/{id}")).await.expect("status");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let v = r.json().expect("json");
+        if v["state"] == "done" {
+            return v;
+        }
+        assert!(start.elapsed() < within, "batch {id} not done within {within:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `hcert-signer verify` over `hc1s` with `trust_list` JSON; returns each line's report.
+pub fn verify_all(trust_list: &str, hc1s: &[String]) -> (bool, Vec<Value>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tl = dir.path().join("trust.json");
+    std::fs::write(&tl, trust_list).expect("write trust list");
+    let mut child = Command::new(BIN)
+        .args(["verify", "--trust-list"])
+        .arg(&tl)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("verify");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = hc1s.join("\n");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("verify output");
+    writer.join().expect("writer").expect("write");
+    let reports = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("report"))
+        .collect();
+    (out.status.success(), reports)
+}

@@ -1,0 +1,254 @@
+//! The HTTPS API of PRODUCT.md: who is calling (from the client certificate), what they may
+//! do, and which route handles the request. One file per route lives in [`routes`].
+
+pub mod routes;
+pub mod server;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::config::{ClientConfig, Config, Role};
+use crate::pipeline::{SigningService, Waker};
+use crate::store::Store;
+
+/// The response body type of every route.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// A configured client, as recognised from its certificate.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The identity matched in its certificate.
+    pub name: String,
+    /// What it may do.
+    pub roles: Vec<Role>,
+    /// The issuer account its batches belong to.
+    pub issuer_id: String,
+}
+
+impl Client {
+    fn from_config(c: &ClientConfig) -> Client {
+        Client {
+            name: c.name.clone(),
+            roles: c.roles.clone(),
+            issuer_id: c.issuer_id.clone().unwrap_or_else(|| c.name.clone()),
+        }
+    }
+}
+
+/// Clients by the identity in their certificate.
+type ClientMap = HashMap<String, Arc<Client>>;
+
+/// The configured clients by identity; replaced whole on SIGHUP.
+#[derive(Clone, Default)]
+pub struct Clients(Arc<RwLock<Arc<ClientMap>>>);
+
+impl Clients {
+    /// The clients of a configuration.
+    pub fn from_config(config: &Config) -> Clients {
+        let c = Clients::default();
+        c.replace(config);
+        c
+    }
+
+    /// Replaces the set with the clients of `config`.
+    pub fn replace(&self, config: &Config) {
+        let map = config.clients.iter().map(|c| (c.name.clone(), Arc::new(Client::from_config(c)))).collect();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+    }
+
+    /// The first configured client among the certificate's `names`.
+    pub fn find(&self, names: &[String]) -> Option<Arc<Client>> {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        names.iter().find_map(|n| map.get(n).cloned())
+    }
+}
+
+/// Limits that protect the appliance from its callers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Most records in one batch.
+    pub max_batch_records: usize,
+    /// Most records in one synchronous `POST /v1/sign`.
+    pub max_sync_records: usize,
+    /// Above this many queued records, `POST /v1/batches` answers 503.
+    pub max_queued_records: u64,
+    /// Requests per second per client (burst: the same number).
+    pub rate_per_client: u32,
+}
+
+/// Everything the routes share.
+pub struct AppState {
+    /// The durable store.
+    pub store: Store,
+    /// Signing, for the synchronous route and readiness.
+    pub service: SigningService,
+    /// Wakes pipeline workers after a submission.
+    pub waker: Waker,
+    /// The configured clients.
+    pub clients: Clients,
+    /// Request limits.
+    pub limits: Limits,
+    /// This node's own base URL (`https://host:port`), for `Location` headers: status and
+    /// results are fetched from the node that holds the batch.
+    pub public_url: String,
+    /// Readiness, cached.
+    pub readiness: routes::health::Readiness,
+    /// Per-client request rate.
+    pub rate: routes::RateLimiter,
+}
+
+/// A refused request: status, a stable code, a message, and when to retry.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable machine-readable code.
+    pub code: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error without a retry hint.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// The same error with a `Retry-After` of `secs`.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The JSON response: `{"error":{"code","message"}}`.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = json(self.status, &body);
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        r
+    }
+}
+
+/// A JSON error response: `{"error":{"code","message"}}`.
+pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response<Body> {
+    ApiError::new(status, code, message).into_response()
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Dispatches an authenticated request (`client` is `None` when the certificate chains to a
+/// trusted CA but names no configured client).
+pub async fn route<B>(state: Arc<AppState>, client: Option<Arc<Client>>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    // Health needs no role: the process and its dependencies, nothing about anyone's data.
+    match segments.as_slice() {
+        ["healthz"] => return routes::health::healthz(),
+        ["readyz"] => return routes::health::readyz(&state).await,
+        _ => {}
+    }
+    let Some(client) = client else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "unknown_client",
+            "the client certificate names no configured client",
+        );
+    };
+    if !state.rate.allow(&client.name) {
+        let mut r =
+            error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests from this client");
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    }
+    if matches!(segments.as_slice(), ["v1", "batches", ..] | ["v1", "sign"])
+        && !client.roles.contains(&Role::Issue)
+    {
+        return error(StatusCode::FORBIDDEN, "forbidden", "this client does not have the issue role");
+    }
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["v1", "batches"]) => routes::batches_create::handle(&state, &client, req).await,
+        (&Method::GET, ["v1", "batches", id]) => routes::batch_status::handle(&state, &client, id).await,
+        (&Method::GET, ["v1", "batches", id, "results"]) => {
+            routes::batch_results::handle(&state, &client, id).await
+        }
+        (&Method::DELETE, ["v1", "batches", id]) => routes::batch_delete::handle(&state, &client, id).await,
+        (&Method::POST, ["v1", "sign"]) => routes::sign::handle(&state, req).await,
+        (&Method::GET, ["v1", "trust-list"]) => routes::trust_list::handle(&state),
+        (
+            _,
+            ["v1", "batches"]
+            | ["v1", "batches", _]
+            | ["v1", "batches", _, "results"]
+            | ["v1", "sign"]
+            | ["v1", "trust-list"],
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "no_route", format!("no route {path}")),
+    }
+}
+
+/// Every route the API answers, as method and OpenAPI path template; `docs/openapi.json`
+/// documents exactly these (a test holds the two together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("DELETE", "/v1/batches/{id}"),
+    ("GET", "/v1/batches/{id}/results"),
+    ("POST", "/v1/sign"),
+    ("GET", "/v1/trust-list"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/openapi.json")).expect("docs/openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if item.get(method).is_some() {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut answered: Vec<(String, String)> =
+            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        answered.sort();
+        assert_eq!(documented, answered);
+    }
+}

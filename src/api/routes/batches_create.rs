@@ -1,0 +1,85 @@
+//! `POST /v1/batches`: accept a batch, store it durably, answer 202 with where to find it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+
+use super::{blocking, parse_batch, read_json};
+use crate::api::{ApiError, AppState, Body, Client, json};
+use crate::store::{NewRecord, StoreError};
+
+/// Stores the batch and wakes the pipeline. 202 only once the batch is flushed to disk.
+pub async fn handle<B>(state: &Arc<AppState>, client: &Arc<Client>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match submit(state, client, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn submit<B>(
+    state: &Arc<AppState>,
+    client: &Arc<Client>,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let body = read_json(req, state.limits.max_body_bytes).await?;
+    // Backpressure: refuse new work rather than grow without bound.
+    if state.store.queued_records() >= state.limits.max_queued_records {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the signing queue is full; retry later",
+        )
+        .retry_after(10));
+    }
+    let st = state.clone();
+    let issuer = client.issuer_id.clone();
+    // Parsing megabytes of JSON and the fsync both block: keep them off the reactor.
+    let submitted = blocking(move || {
+        let req = parse_batch(&body, st.limits.max_batch_records)?;
+        let records: Vec<NewRecord<'_>> = req
+            .records
+            .iter()
+            .map(|r| NewRecord { r#ref: &r.r#ref, dcc_json: r.dcc.get().as_bytes() })
+            .collect();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        st.store.submit(&issuer, req.idempotency_key.as_deref(), &records, now).map_err(store_error)
+    })
+    .await??;
+    state.waker.wake();
+    let body = serde_json::json!({
+        "batch_id": submitted.batch_id,
+        "state": "queued",
+        "records": submitted.total,
+        "replayed": !submitted.created,
+    });
+    let mut r = json(StatusCode::ACCEPTED, &body);
+    let location = format!("{}/v1/batches/{}", state.public_url, submitted.batch_id);
+    if let Ok(v) = header::HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+/// A store failure as an HTTP answer: a full or read-only disk is an outage (503), the rest 500.
+pub fn store_error(e: StoreError) -> ApiError {
+    log::error!("store: {e}");
+    if e.is_unavailable() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the store cannot write: {e}"),
+        )
+        .retry_after(30)
+    } else {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", "the store failed")
+    }
+}

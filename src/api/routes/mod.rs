@@ -1,0 +1,219 @@
+//! One file per route, and what they share: reading a bounded JSON body and the request-rate
+//! limiter.
+
+pub mod batch_delete;
+pub mod batch_results;
+pub mod batch_status;
+pub mod batches_create;
+pub mod health;
+pub mod sign;
+pub mod trust_list;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::ApiError;
+
+/// One record of a request: the issuer's reference and the DCC, kept as raw JSON text (the
+/// pipeline validates it field by field and reports per record).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIn<'a> {
+    /// The issuer's reference.
+    #[serde(rename = "ref")]
+    pub r#ref: String,
+    /// The DCC payload.
+    #[serde(borrow)]
+    pub dcc: &'a RawValue,
+}
+
+/// The body of `POST /v1/batches` and `POST /v1/sign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest<'a> {
+    /// The records.
+    #[serde(borrow)]
+    pub records: Vec<RecordIn<'a>>,
+    /// Makes a retried submission return the first one's batch.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Longest `ref` accepted.
+pub const MAX_REF_LEN: usize = 128;
+
+/// Reads a JSON body of at most `max` bytes: 415 if it is not JSON, 413 if too large.
+pub async fn read_json<B>(req: Request<B>, max: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ctype.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {max} bytes"),
+        )
+    };
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the body: {e}")))
+        }
+    }
+}
+
+/// Parses and checks a batch request: 400 with the reason for anything malformed.
+pub fn parse_batch(body: &[u8], max_records: usize) -> Result<BatchRequest<'_>, ApiError> {
+    let req: BatchRequest<'_> = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("invalid request body: {e}"))
+    })?;
+    if req.records.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "no_records", "records is empty"));
+    }
+    if req.records.len() > max_records {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!("{} records; at most {max_records} per request", req.records.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.records.len());
+    for (i, r) in req.records.iter().enumerate() {
+        if r.r#ref.is_empty()
+            || r.r#ref.chars().count() > MAX_REF_LEN
+            || r.r#ref.chars().any(char::is_control)
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_ref",
+                format!("records[{i}].ref must be 1–{MAX_REF_LEN} characters without control characters"),
+            ));
+        }
+        if !seen.insert(r.r#ref.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "duplicate_ref",
+                format!("records[{i}].ref repeats an earlier ref"),
+            ));
+        }
+    }
+    if let Some(k) = &req.idempotency_key
+        && (k.is_empty() || k.len() > 200)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_idempotency_key",
+            "idempotency_key must be 1–200 bytes",
+        ));
+    }
+    Ok(req)
+}
+
+/// A token bucket per client: `rate` requests per second, bursts of `rate`.
+pub struct RateLimiter {
+    rate: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_second` requests per client (0: unlimited).
+    pub fn new(per_second: u32) -> Self {
+        Self { rate: f64::from(per_second), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes a token for `client`, or says no.
+    pub fn allow(&self, client: &str) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = buckets.entry(client.to_owned()).or_insert((self.rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs blocking store or HSM work off the async reactor; a panic there is a 500, not a crash.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request failed inside the appliance",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_request_checks() {
+        let ok = br#"{"records":[{"ref":"a","dcc":{"x":1}},{"ref":"b","dcc":{}}],"idempotency_key":"k"}"#;
+        let r = parse_batch(ok, 10).unwrap();
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(r.records[0].dcc.get(), r#"{"x":1}"#);
+        for (body, status) in [
+            (&b"{"[..], StatusCode::BAD_REQUEST),
+            (br#"{"records":[]}"#, StatusCode::BAD_REQUEST),
+            (br#"{"records":[{"ref":"a","dcc":{}}],"extra":1}"#, StatusCode::BAD_REQUEST),
+            (br#"{"records":[{"ref":"","dcc":{}}]}"#, StatusCode::BAD_REQUEST),
+            (br#"{"records":[{"ref":"a","dcc":{}},{"ref":"a","dcc":{}}]}"#, StatusCode::BAD_REQUEST),
+            (br#"{"records":[{"ref":"a"}]}"#, StatusCode::BAD_REQUEST),
+        ] {
+            assert_eq!(
+                parse_batch(body, 10).unwrap_err().status,
+                status,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let many = format!(
+            r#"{{"records":[{}]}}"#,
+            (0..11).map(|i| format!(r#"{{"ref":"{i}","dcc":{{}}}}"#)).collect::<Vec<_>>().join(",")
+        );
+        assert_eq!(parse_batch(many.as_bytes(), 10).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn rate_limiter_refills() {
+        let r = RateLimiter::new(2);
+        assert!(r.allow("a") && r.allow("a"));
+        assert!(!r.allow("a"));
+        assert!(r.allow("b"));
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(r.allow("a"));
+        assert!(RateLimiter::new(0).allow("x"));
+    }
+}

@@ -1,0 +1,137 @@
+//! The listeners: the API (TLS with client certificates) and the operations listener (plain
+//! HTTP on loopback: health, readiness, metrics — what probes and Prometheus reach without a
+//! client certificate).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use super::tls::{TlsState, certificate_names};
+use super::{AppState, route};
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most; beyond it new ones wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 1024;
+
+fn http() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(64 * 1024);
+    b
+}
+
+/// Serves the API until `stop` turns true, then lets open requests finish (up to `grace`).
+pub async fn serve_api(
+    listener: TcpListener,
+    tls: TlsState,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("api: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let state = state.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    log::info!("api: TLS handshake with {peer} failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    log::info!("api: TLS handshake with {peer} timed out");
+                    return;
+                }
+            };
+            let names = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| certificate_names(c))
+                .unwrap_or_default();
+            let client = state.clients.find(&names);
+            if client.is_none() {
+                log::warn!(
+                    "api: {peer} presented a trusted certificate for {names:?}, which is no configured client"
+                );
+            }
+            let svc = service_fn(move |req| {
+                let (state, client) = (state.clone(), client.clone());
+                async move { Ok::<_, std::convert::Infallible>(route(state, client, req).await) }
+            });
+            let conn = http().serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                log::debug!("api: connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => log::warn!("api: open connections did not finish within {grace:?}"),
+    }
+}
+
+/// Serves health and readiness (and later metrics) in plain HTTP until `stop` turns true.
+pub async fn serve_ops(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let path = req.uri().path().to_owned();
+                    let r = match path.as_str() {
+                        "/healthz" => super::routes::health::healthz(),
+                        "/readyz" => super::routes::health::readyz(&state).await,
+                        _ => {
+                            super::error(http::StatusCode::NOT_FOUND, "no_route", format!("no route {path}"))
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let _ = http().serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}

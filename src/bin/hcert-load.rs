@@ -1,0 +1,409 @@
+//! `hcert-load`: end-to-end throughput of the appliance, reported as a ratio to the raw
+//! `C_Sign` rate of the same SoftHSM2 token measured in the same run.
+//!
+//! It builds a fresh development setup (`hcert-signer dev-init`), measures the token's raw
+//! `C_Sign` rate at 1 and 2 threads, starts the daemon (the `hcert-signer` binary next to this
+//! one), and then measures:
+//! - records per second from the first batch submitted over mTLS to the last result fetched;
+//! - latency of single-record `POST /v1/sign` on the idle daemon (p50, p99);
+//! - the daemon's RSS with a large number of records queued (signing paused).
+//!
+//! Run: `cargo build --release && target/release/hcert-load` (`--help` for the knobs).
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use hcert_signer::client::{ApiClient, ClientTls};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end throughput of hcert-signer against the raw C_Sign rate of its token")]
+struct Args {
+    /// Records to sign end to end.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Concurrent mTLS connections submitting and fetching.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds per raw C_Sign measurement window.
+    #[arg(long, default_value_t = 3.0)]
+    raw_secs: f64,
+    /// Single-record POST /v1/sign requests for the idle latency figure.
+    #[arg(long, default_value_t = 500)]
+    idle_requests: usize,
+    /// Records queued (signing paused) for the memory figure; 0 skips it.
+    #[arg(long, default_value_t = 200_000)]
+    rss_records: usize,
+    /// Work in this directory instead of a temporary one (it must not exist yet).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const DIR_ENV: &str = "HCERT_LOAD_DIR";
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("hcert-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn signer_bin() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    me.with_file_name("hcert-signer")
+}
+
+fn run(args: Args) -> Result<(), String> {
+    // First pass: make the setup, then re-execute with SOFTHSM2_CONF set for the raw measurement.
+    let dir = match std::env::var_os(DIR_ENV) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let dir = match &args.dir {
+                Some(d) => d.clone(),
+                None => std::env::temp_dir().join(format!("hcert-load-{}", std::process::id())),
+            };
+            let out = Command::new(signer_bin())
+                .args(["dev-init", "--dir"])
+                .arg(&dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("dev-init: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            let conf = dir.join("softhsm2.conf");
+            let status = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+                .args(std::env::args_os().skip(1))
+                .env("SOFTHSM2_CONF", &conf)
+                .env(DIR_ENV, &dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if args.dir.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    };
+    let config = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| e.to_string())?;
+    let addr = |key: &str| -> std::net::SocketAddr {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = \"")).and_then(|r| r.strip_suffix('"')))
+            .and_then(|a| a.parse().ok())
+            .expect("address in config.toml")
+    };
+    let (listen, ops) = (addr("listen"), addr("metrics_listen"));
+
+    println!("hcert-load: setup in {}", dir.display());
+    let window = Duration::from_secs_f64(args.raw_secs);
+    let raw1 = raw_rate(&dir, 1, window)?;
+    let raw2 = raw_rate(&dir, 2, window)?;
+    println!("raw C_Sign (CKM_ECDSA, SoftHSM2): 1 thread {raw1:.0}/s, 2 threads {raw2:.0}/s");
+    let raw = raw1.max(raw2);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let tls = ClientTls::from_files(
+        &dir.join("tls/ca.pem"),
+        &dir.join("tls/issuer.pem"),
+        &dir.join("tls/issuer.key"),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut daemon = Daemon::spawn(&dir, None)?;
+    daemon.wait_ready(ops)?;
+    let (p50, p99) = rt.block_on(idle_latency(listen, &tls, args.idle_requests))?;
+    println!(
+        "idle POST /v1/sign, 1 record: p50 {:.2} ms, p99 {:.2} ms ({} requests)",
+        p50, p99, args.idle_requests
+    );
+
+    let (rate, signed, elapsed) = rt.block_on(throughput(listen, &tls, &args))?;
+    println!(
+        "end to end: {signed} records in {:.2} s = {rate:.0} records/s; ratio to raw C_Sign ({raw:.0}/s) = {:.2}",
+        elapsed.as_secs_f64(),
+        rate / raw
+    );
+    daemon.stop();
+
+    if args.rss_records > 0 {
+        // Signing paused: every record submitted stays queued.
+        let mut daemon = Daemon::spawn(&dir, Some(0))?;
+        daemon.wait_started(ops)?;
+        let queued = rt.block_on(fill_queue(listen, &tls, args.rss_records, args.batch))?;
+        let (rss, hwm) = daemon.rss_kib()?;
+        println!("memory: {queued} records queued: RSS {} MiB (peak {} MiB)", rss / 1024, hwm / 1024);
+        daemon.stop();
+    }
+    println!(
+        "summary: raw_1t={raw1:.0}/s raw_2t={raw2:.0}/s e2e={rate:.0}/s ratio={:.2} p99_idle_ms={p99:.2}",
+        rate / raw
+    );
+    Ok(())
+}
+
+/// The raw C_Sign rate of the dev token's DSC key: one session per thread, random digests.
+fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<f64, String> {
+    let e = |e: cryptoki::error::Error| e.to_string();
+    let pkcs11 = Pkcs11::new(hcert_signer::hsm::softhsm::DEFAULT_MODULE).map_err(e)?;
+    pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(e)?;
+    let slot = pkcs11
+        .get_slots_with_token()
+        .map_err(e)?
+        .into_iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .is_ok_and(|t| t.label() == hcert_signer::commands::dev_init::TOKEN_LABEL)
+        })
+        .ok_or("dev token not found")?;
+    let pin = std::fs::read_to_string(dir.join("hsm-pin")).map_err(|e| e.to_string())?;
+    let login = pkcs11.open_ro_session(slot).map_err(e)?;
+    login.login(UserType::User, Some(&AuthPin::new(pin.trim().into()))).map_err(e)?;
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Label(hcert_signer::commands::dev_init::DSC_LABEL.as_bytes().to_vec()),
+    ];
+    let key = *login.find_objects(&template).map_err(e)?.first().ok_or("DSC key not found")?;
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (pkcs11, stop, count) = (&pkcs11, &stop, &count);
+            s.spawn(move || {
+                let Ok(session) = pkcs11.open_ro_session(slot) else { return };
+                let mut digest = [t as u8; 32];
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    digest[..8].copy_from_slice(&n.to_le_bytes());
+                    if session.sign(&Mechanism::Ecdsa, key, &digest).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(window);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    drop(login);
+    pkcs11.finalize().map_err(e)?;
+    Ok(rate)
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts `serve`; `workers = Some(0)` pauses signing (accept-only).
+    fn spawn(dir: &Path, workers: Option<usize>) -> Result<Daemon, String> {
+        let mut config = dir.join("config.toml");
+        if let Some(w) = workers {
+            let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+            let paused = dir.join("config-paused.toml");
+            std::fs::write(&paused, format!("{text}\n[pipeline]\nworkers = {w}\n"))
+                .map_err(|e| e.to_string())?;
+            config = paused;
+        }
+        let log = std::fs::File::create(dir.join("load-daemon.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(signer_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok(Daemon { child })
+    }
+
+    fn probe(&mut self, ops: std::net::SocketAddr, path: &str, want: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("daemon exited: {status}"));
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(ops) {
+                let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut r = String::new();
+                let _ = s.read_to_string(&mut r);
+                if r.starts_with(want) {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err("daemon not ready within 60 s".into())
+    }
+
+    fn wait_ready(&mut self, ops: std::net::SocketAddr) -> Result<(), String> {
+        self.probe(ops, "/readyz", "HTTP/1.1 200")
+    }
+
+    fn wait_started(&mut self, ops: std::net::SocketAddr) -> Result<(), String> {
+        self.probe(ops, "/healthz", "HTTP/1.1 200")
+    }
+
+    fn rss_kib(&self) -> Result<(u64, u64), String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .map_err(|e| e.to_string())?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Ok((field("VmRSS:").unwrap_or(0), field("VmHWM:").unwrap_or(0)))
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Realistic records: the 100 sample people, with fresh refs and no UVCI (the appliance assigns).
+fn record_pool() -> Vec<Value> {
+    let sample: Value =
+        serde_json::from_str(include_str!("../../samples/sample-batch.json")).expect("sample batch");
+    sample["records"].as_array().expect("records").iter().map(|r| r["dcc"].clone()).collect()
+}
+
+fn batch_body(pool: &[Value], start: usize, n: usize) -> Vec<u8> {
+    let records: Vec<Value> = (start..start + n)
+        .map(|i| json!({"ref": format!("load-{i}"), "dcc": pool[i % pool.len()]}))
+        .collect();
+    serde_json::to_vec(&json!({ "records": records })).expect("json")
+}
+
+async fn idle_latency(listen: std::net::SocketAddr, tls: &ClientTls, n: usize) -> Result<(f64, f64), String> {
+    let pool = record_pool();
+    let mut c = ApiClient::connect(listen, "localhost", tls).await.map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        let body = serde_json::to_vec(
+            &json!({"records": [{"ref": format!("idle-{i}"), "dcc": pool[i % pool.len()]}]}),
+        )
+        .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let r = c.request(http::Method::POST, "/v1/sign", Some(body)).await.map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if r.status != 200 {
+            return Err(format!("POST /v1/sign: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+        // The idle figure: leave the daemon idle between requests, as a person at a desk would.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    times.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1).min(times.len() - 1)];
+    Ok((pct(0.50), pct(0.99)))
+}
+
+async fn throughput(
+    listen: std::net::SocketAddr,
+    tls: &ClientTls,
+    args: &Args,
+) -> Result<(f64, u64, Duration), String> {
+    let pool = record_pool();
+    let batches: Vec<Vec<u8>> = (0..args.records.div_ceil(args.batch))
+        .map(|b| batch_body(&pool, b * args.batch, args.batch.min(args.records - b * args.batch)))
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(batches));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let (queue, tls) = (queue.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = ApiClient::connect(listen, "localhost", &tls).await.map_err(|e| e.to_string())?;
+            let mut ids = Vec::new();
+            loop {
+                let body = queue.lock().map_err(|_| "poisoned")?.pop();
+                let Some(body) = body else { break };
+                let r = c
+                    .request(http::Method::POST, "/v1/batches", Some(body))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status != 202 {
+                    return Err(format!("submit: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+                }
+                ids.push(
+                    r.json().map_err(|e| e.to_string())?["batch_id"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+            let mut signed = 0u64;
+            for id in ids {
+                loop {
+                    let s = c
+                        .get(&format!("/v1/batches/{id}"))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .json()
+                        .map_err(|e| e.to_string())?;
+                    if s["state"] == "done" {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let r = c.get(&format!("/v1/batches/{id}/results")).await.map_err(|e| e.to_string())?;
+                signed += r
+                    .body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| l.windows(17).any(|w| w == b"\"status\":\"signed\""))
+                    .count() as u64;
+                c.delete(&format!("/v1/batches/{id}")).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<u64, String>(signed)
+        }));
+    }
+    let mut signed = 0;
+    for t in tasks {
+        signed += t.await.map_err(|e| e.to_string())??;
+    }
+    let elapsed = started.elapsed();
+    Ok((signed as f64 / elapsed.as_secs_f64(), signed, elapsed))
+}
+
+async fn fill_queue(
+    listen: std::net::SocketAddr,
+    tls: &ClientTls,
+    n: usize,
+    batch: usize,
+) -> Result<usize, String> {
+    let pool = record_pool();
+    let mut c = ApiClient::connect(listen, "localhost", tls).await.map_err(|e| e.to_string())?;
+    let mut queued = 0;
+    while queued < n {
+        let k = batch.min(n - queued);
+        let r = c
+            .request(http::Method::POST, "/v1/batches", Some(batch_body(&pool, queued, k)))
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status != 202 {
+            return Err(format!("submit: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+        queued += k;
+    }
+    Ok(queued)
+}

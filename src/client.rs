@@ -1,0 +1,160 @@
+//! A small mutual-TLS HTTP/1.1 client of the appliance's API, for `hcert-signer keys`, the load
+//! tool and the integration tests: one connection, requests in sequence, JSON in and out.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::{Error, Result};
+
+/// TLS settings of a client: the CA that signed the server, and the client's own certificate.
+#[derive(Clone)]
+pub struct ClientTls(Arc<rustls::ClientConfig>);
+
+impl ClientTls {
+    /// Reads the server CA and the client certificate and key (PEM files).
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTls> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::api::tls::load_certs(ca)? {
+            roots.add(c).map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
+        }
+        let chain = crate::api::tls::load_certs(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| Error::Config(format!("{}: {e}", key.display())))?;
+        Self::build(roots, Some((chain, key)))
+    }
+
+    /// The rustls configuration, for tests that speak raw TLS.
+    pub fn rustls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.0.clone()
+    }
+
+    /// A client that presents no certificate (to test that the server refuses it).
+    pub fn anonymous(ca: &Path) -> Result<ClientTls> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::api::tls::load_certs(ca)? {
+            roots.add(c).map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
+        }
+        Self::build(roots, None)
+    }
+
+    fn build(
+        roots: rustls::RootCertStore,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<ClientTls> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Config(format!("client certificate: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ClientTls(Arc::new(config)))
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::Io(std::io::Error::other(format!("response is not JSON: {e}"))))
+    }
+}
+
+/// One open connection to the API.
+pub struct ApiClient {
+    sender: SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl ApiClient {
+    /// Connects to `addr`, checking the server's certificate for `server_name`.
+    pub async fn connect(addr: SocketAddr, server_name: &str, tls: &ClientTls) -> Result<ApiClient> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| Error::Config(format!("server name: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.0.clone()).connect(name, tcp).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(ApiClient { sender, host: addr.to_string() })
+    }
+
+    /// Sends a request with an optional JSON body and reads the whole response. A 429 (rate
+    /// limited) is retried after the server's `Retry-After`, a few times, as a polite client does.
+    pub async fn request(&mut self, method: Method, path: &str, json: Option<Vec<u8>>) -> Result<Reply> {
+        let body = Bytes::from(json.unwrap_or_default());
+        let is_json = !body.is_empty();
+        let mut attempt = 0;
+        loop {
+            let reply = self.send(method.clone(), path, is_json, body.clone()).await?;
+            attempt += 1;
+            if reply.status != StatusCode::TOO_MANY_REQUESTS || attempt >= 5 {
+                return Ok(reply);
+            }
+            let wait = reply
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .min(30);
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        }
+    }
+
+    async fn send(&mut self, method: Method, path: &str, is_json: bool, body: Bytes) -> Result<Reply> {
+        let mut req = Request::builder().method(method).uri(path).header(header::HOST, &self.host);
+        if is_json {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body)).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        self.sender.ready().await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let resp = self.sender.send_request(req).await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| Error::Io(std::io::Error::other(e)))?.to_bytes();
+        Ok(Reply { status: parts.status, headers: parts.headers, body })
+    }
+
+    /// GET.
+    pub async fn get(&mut self, path: &str) -> Result<Reply> {
+        self.request(Method::GET, path, None).await
+    }
+
+    /// POST a JSON value.
+    pub async fn post(&mut self, path: &str, body: &serde_json::Value) -> Result<Reply> {
+        self.request(Method::POST, path, Some(serde_json::to_vec(body).unwrap_or_default())).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&mut self, path: &str) -> Result<Reply> {
+        self.request(Method::DELETE, path, None).await
+    }
+}

@@ -1,0 +1,203 @@
+//! `hcert-signer serve --config FILE`: the daemon. It opens the HSM, the keys in service and the
+//! store, starts the signing workers and the listeners, reloads TLS and clients on SIGHUP, and
+//! on SIGTERM stops accepting, finishes or parks what is in flight, flushes and exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::routes::RateLimiter;
+use crate::api::tls::{self, TlsState};
+use crate::api::{AppState, Clients, Limits};
+use crate::config::Config;
+use crate::hcert::uvci::UvciGenerator;
+use crate::hcert::validate::Policy;
+use crate::hcert::valuesets::ValueSets;
+use crate::hsm::Hsm;
+use crate::keys::{ActiveKey, Keyring};
+use crate::pipeline::{Pipeline, PipelineConfig, SigningService, SigningSettings};
+use crate::pki::{self, Dsc};
+use crate::store::{Store, StoreOptions};
+use crate::{Error, Result};
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// How long open requests get to finish after SIGTERM.
+const GRACE: Duration = Duration::from_secs(20);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let env: Vec<(&str, &std::ffi::OsStr)> =
+        config.hsm_environment.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))).collect();
+    super::reexec_with_env(&env)?;
+    crate::logging::init(&config.log_level);
+
+    let hsm = Hsm::open(&config.hsm)?;
+    let keyring = Keyring::new(load_keys(&config, &hsm)?);
+    // The store owns its folder; the state directory may hold other things (the audit export…).
+    let store_dir = config.state_dir.join("store");
+    let store = Store::open(
+        &store_dir,
+        StoreOptions { cache_capacity: config.store.cache_mb << 20, ..StoreOptions::default() },
+    )
+    .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
+
+    let value_sets = match &config.signing.value_sets_dir {
+        Some(dir) => Arc::new(ValueSets::with_overrides(dir).map_err(|e| Error::Config(e.to_string()))?),
+        None => ValueSets::embedded_shared(),
+    };
+    let mut uvci = UvciGenerator::new(&config.country).map_err(|e| Error::Config(e.to_string()))?;
+    if let Some(block) = &config.signing.uvci_issuer {
+        uvci = uvci.with_issuer(block).map_err(|e| Error::Config(format!("signing.uvci_issuer: {e}")))?;
+    }
+    let settings = SigningSettings {
+        country: config.country.clone(),
+        validity_secs: i64::from(config.signing.validity_days) * 86_400,
+        uvci,
+        policy: Policy::new(value_sets, time::OffsetDateTime::now_utc()),
+    };
+    let service = SigningService { hsm, keyring, settings: Arc::new(settings) };
+    let defaults = PipelineConfig::default();
+    let pipeline = Pipeline::start(
+        store.clone(),
+        service.clone(),
+        PipelineConfig {
+            workers: config.pipeline.workers.unwrap_or(defaults.workers),
+            chunk_size: config.pipeline.chunk_size.unwrap_or(defaults.chunk_size),
+            ..defaults
+        },
+    )?;
+
+    let tls_state = TlsState::new(tls::server_config(&config.tls)?);
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        service,
+        waker: pipeline.waker(),
+        clients: Clients::from_config(&config),
+        limits: Limits {
+            max_body_bytes: config.limits.max_body_bytes,
+            max_batch_records: config.limits.max_batch_records,
+            max_sync_records: config.limits.max_sync_records,
+            max_queued_records: config.limits.max_queued_records,
+            rate_per_client: config.limits.requests_per_second,
+        },
+        public_url: config.public_url.clone().unwrap_or_else(|| format!("https://{}", config.listen)),
+        readiness: Default::default(),
+        rate: RateLimiter::new(config.limits.requests_per_second),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("api").build()?;
+    runtime.block_on(async {
+        let api = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(Error::file(format!("listen {}", config.listen)))?;
+        let ops = tokio::net::TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(Error::file(format!("metrics_listen {}", config.metrics_listen)))?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let api_task = tokio::spawn(crate::api::server::serve_api(
+            api,
+            tls_state.clone(),
+            state.clone(),
+            stop_rx.clone(),
+            GRACE,
+        ));
+        let ops_task = tokio::spawn(crate::api::server::serve_ops(ops, state.clone(), stop_rx));
+        log::info!(
+            "serving on https://{} (operations on http://{}), {} key(s) in service",
+            config.listen,
+            config.metrics_listen,
+            state.service.keyring.snapshot().len()
+        );
+        wait_for_stop(&args.config, &tls_state, &state, &store).await;
+        log::info!("stopping: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let _ = api_task.await;
+        let _ = ops_task.await;
+        Ok::<(), Error>(())
+    })?;
+    // Workers finish (commit or release) the chunk they hold; then everything is on disk.
+    pipeline.shutdown();
+    store.flush().map_err(|e| Error::Config(format!("store flush: {e}")))?;
+    log::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the DSCs named in the configuration and checks each against its HSM key.
+fn load_keys(config: &Config, hsm: &Hsm) -> Result<Vec<ActiveKey>> {
+    let mut keys = Vec::new();
+    for d in &config.signing.dscs {
+        let pem = std::fs::read_to_string(&d.certificate).map_err(Error::file(&d.certificate))?;
+        let dsc = Dsc::from_pem(&pem)?;
+        pki::csr::check_certificate_key(hsm, &d.label, &dsc.der)?;
+        if dsc.country.as_deref() != Some(config.country.as_str()) {
+            return Err(Error::Config(format!(
+                "{}: the DSC's country {:?} is not {:?}",
+                d.certificate.display(),
+                dsc.country,
+                config.country
+            )));
+        }
+        let activated = dsc.not_before;
+        keys.push(ActiveKey::new(&d.label, dsc, activated));
+    }
+    Ok(keys)
+}
+
+/// Waits for SIGTERM/SIGINT, reloading TLS and clients on SIGHUP and purging expired batches
+/// every few minutes meanwhile.
+async fn wait_for_stop(
+    config_path: &std::path::Path,
+    tls_state: &TlsState,
+    state: &Arc<AppState>,
+    store: &Store,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        log::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    let mut sweep = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => reload(config_path, tls_state, state),
+            _ = sweep.tick() => {
+                let (store, ttl) = (store.clone(), i64::from(Config::load(config_path).map(|c| c.store.retention_days).unwrap_or(7)) * 86_400);
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                match tokio::task::spawn_blocking(move || store.purge_expired(now, ttl)).await {
+                    Ok(Ok(0)) | Err(_) => {}
+                    Ok(Ok(n)) => log::warn!("retention: purged {n} batch(es) older than the retention period"),
+                    Ok(Err(e)) => log::error!("retention: purge failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-read the configuration; swap the TLS material and the client list only if both
+/// load, so a bad edit keeps the service running as it was.
+fn reload(config_path: &std::path::Path, tls_state: &TlsState, state: &Arc<AppState>) {
+    let result = Config::load(config_path).and_then(|c| Ok((tls::server_config(&c.tls)?, c)));
+    match result {
+        Ok((tls_config, config)) => {
+            tls_state.replace(tls_config);
+            state.clients.replace(&config);
+            log::info!("reloaded TLS material and {} client(s)", config.clients.len());
+        }
+        Err(e) => log::error!("reload refused, keeping the running configuration: {e}"),
+    }
+}

@@ -1,0 +1,161 @@
+//! Signing a chunk of records: validate → UVCI → pick the DSC → CWT → COSE digest → HSM →
+//! assemble → `HC1:`. Per-record problems become rejections; only an HSM outage fails the chunk.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::hcert::Dcc;
+use crate::hcert::cose::{KID_LEN, Prepared};
+use crate::hcert::encoder::Encoder;
+use crate::hcert::uvci::UvciGenerator;
+use crate::hcert::validate::Policy;
+use crate::hsm::{self, Hsm};
+use crate::keys::{self, ActiveKey, Keyring};
+use crate::store::{RecordError, RecordResult};
+
+/// One record to sign: the issuer's reference and the DCC JSON as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The issuer's reference for the record.
+    pub r#ref: &'a str,
+    /// The DCC, JSON text.
+    pub dcc_json: &'a [u8],
+}
+
+/// The fixed settings of signing.
+#[derive(Debug, Clone)]
+pub struct SigningSettings {
+    /// Issuing country: CWT `iss` and the UVCI country.
+    pub country: String,
+    /// Seconds from `iat` to `exp`, capped at the DSC's notAfter.
+    pub validity_secs: i64,
+    /// The UVCI generator.
+    pub uvci: UvciGenerator,
+    /// The payload policy (its clock is moved to "now" for every chunk).
+    pub policy: Policy,
+}
+
+/// Signs chunks of records; one per worker thread (it keeps per-DSC encoders and buffers).
+pub struct ChunkSigner {
+    hsm: Hsm,
+    keyring: Keyring,
+    settings: SigningSettings,
+    encoders: HashMap<[u8; KID_LEN], Encoder>,
+}
+
+/// A record that passed validation, waiting for its signature.
+struct Pending {
+    index: usize,
+    key: ActiveKey,
+    uvci: String,
+    iat: i64,
+    exp: i64,
+    prepared: Prepared,
+}
+
+fn rejected(r#ref: &str, code: &str, message: String) -> RecordResult {
+    RecordResult::Rejected { r#ref: r#ref.to_owned(), error: RecordError { code: code.to_owned(), message } }
+}
+
+impl ChunkSigner {
+    /// A signer over `hsm` using the keys in `keyring`.
+    pub fn new(hsm: Hsm, keyring: Keyring, settings: SigningSettings) -> Self {
+        Self { hsm, keyring, settings, encoders: HashMap::new() }
+    }
+
+    /// Signs `inputs` at time `now`, returning one result per input in order. `Err` means the
+    /// HSM could not sign (an outage): nothing was released and the chunk should be retried.
+    pub fn sign_chunk(&mut self, inputs: &[Input<'_>], now: i64) -> Result<Vec<RecordResult>, hsm::Error> {
+        let policy = self.settings.policy.clone().with_now(
+            time::OffsetDateTime::from_unix_timestamp(now)
+                .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
+        );
+        // One consistent key set for the whole chunk, even if a rotation lands meanwhile.
+        let keys = self.keyring.snapshot();
+        let mut results: Vec<Option<RecordResult>> = vec![None; inputs.len()];
+        let mut pending = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.iter().enumerate() {
+            match self.prepare(input, &policy, &keys, now) {
+                Ok(p) => pending.push(Pending { index, ..p }),
+                Err(r) => results[index] = Some(r),
+            }
+        }
+        // Sign per key: a chunk may straddle a rotation, so it may use several DSCs.
+        let mut by_label: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, p) in pending.iter().enumerate() {
+            by_label.entry(p.key.label.as_str()).or_default().push(i);
+        }
+        let mut signatures: Vec<Option<[u8; 64]>> = vec![None; pending.len()];
+        for (label, members) in &by_label {
+            let items: Vec<(&[u8], [u8; 32])> = members
+                .iter()
+                .map(|&i| (pending[i].prepared.tbs.as_slice(), pending[i].prepared.digest))
+                .collect();
+            let sigs = self.hsm.sign_many(label, &items)?;
+            for (&i, sig) in members.iter().zip(sigs) {
+                signatures[i] = Some(sig);
+            }
+        }
+        for (p, sig) in pending.into_iter().zip(signatures) {
+            let input = &inputs[p.index];
+            let kid = p.key.dsc.kid;
+            let encoder = self
+                .encoders
+                .entry(kid)
+                .or_insert_with(|| Encoder::new(&self.settings.country, p.key.header.clone()));
+            let result = match sig.map(|s| encoder.finish(p.prepared, &s)) {
+                Some(Ok(hc1)) => RecordResult::Signed {
+                    r#ref: input.r#ref.to_owned(),
+                    hc1,
+                    uvci: p.uvci,
+                    kid: B64.encode(kid),
+                    iat: p.iat,
+                    exp: p.exp,
+                },
+                Some(Err(e)) => rejected(input.r#ref, "encoding", e.to_string()),
+                // sign_many returns one signature per item; this arm keeps the code total.
+                None => rejected(input.r#ref, "encoding", "no signature was returned".into()),
+            };
+            results[p.index] = Some(result);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| rejected("", "encoding", "record lost".into())))
+            .collect())
+    }
+
+    /// Validation up to the digest, or the record's rejection.
+    fn prepare(
+        &mut self,
+        input: &Input<'_>,
+        policy: &Policy,
+        keys: &[ActiveKey],
+        now: i64,
+    ) -> Result<Pending, RecordResult> {
+        let text = std::str::from_utf8(input.dcc_json)
+            .map_err(|_| rejected(input.r#ref, "json", "the DCC is not UTF-8 text".into()))?;
+        let mut dcc =
+            Dcc::from_json_str(text, policy).map_err(|e| rejected(input.r#ref, e.code(), e.to_string()))?;
+        let uvci = dcc
+            .ensure_uvci(&self.settings.uvci)
+            .map_err(|e| rejected(input.r#ref, "uvci", e.to_string()))?
+            .to_owned();
+        let key = keys::select(keys, dcc.kind(), now)
+            .map_err(|e| rejected(input.r#ref, "no_key", e.to_string()))?;
+        let iat = now;
+        let exp = now.saturating_add(self.settings.validity_secs).min(key.dsc.not_after);
+        if exp <= iat {
+            return Err(rejected(input.r#ref, "no_key", "the DSC expires now: rotate it".into()));
+        }
+        let kid = key.dsc.kid;
+        let encoder = self
+            .encoders
+            .entry(kid)
+            .or_insert_with(|| Encoder::new(&self.settings.country, key.header.clone()));
+        let prepared =
+            encoder.prepare(&dcc, iat, exp).map_err(|e| rejected(input.r#ref, "encoding", e.to_string()))?;
+        Ok(Pending { index: 0, key, uvci, iat, exp, prepared })
+    }
+}

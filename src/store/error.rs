@@ -1,0 +1,120 @@
+//! The store's error type: one line each, saying what to do, never carrying personal data.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Why a store operation failed.
+///
+/// Messages are single lines meant for operators: they name the directory and the cause, never
+/// a record's content or reference.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store directory cannot be used (missing parent, permissions, read-only mount, …).
+    #[error("store directory {}: {reason}", path.display())]
+    Open {
+        /// The directory given to [`Store::open`](super::Store::open).
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Another process (or another handle in this one) has the store open.
+    #[error(
+        "store directory {} is in use by another process: stop it, or point this one at another directory",
+        path.display()
+    )]
+    Locked {
+        /// The directory given to [`Store::open`](super::Store::open).
+        path: PathBuf,
+    },
+    /// The disk is full, or below the configured free-space reserve. Nothing was half-written:
+    /// the failed operation left no trace. After a write hit ENOSPC the handle stays failed
+    /// (sled cannot continue); free space and restart the daemon.
+    #[error(
+        "the disk holding the store is full (or below its free-space reserve): free space; if writes had already failed, restart the daemon"
+    )]
+    Full,
+    /// Reading or writing the store's files failed.
+    #[error("store I/O failed: {0}; the store stopped accepting work: fix the disk, then restart the daemon")]
+    Io(String),
+    /// A stored value does not decode: a bug or tampering, never a normal condition.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// An earlier failure stopped the store; this handle refuses all work until reopened.
+    #[error("the store stopped after an earlier failure ({0}); restart the daemon once the cause is fixed")]
+    Failed(String),
+    /// The caller passed something the store cannot represent (the API validates first).
+    #[error("cannot store this: {0}")]
+    Invalid(&'static str),
+}
+
+impl StoreError {
+    /// True when the condition is an outage of the store rather than a bad request: the API
+    /// answers 503 with `Retry-After`, readiness goes red.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Open { .. } | Self::Locked { .. } | Self::Full | Self::Io(_) | Self::Failed(_))
+    }
+
+    /// True for a full disk (or a refused reservation), so callers can tell it apart in metrics.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full)
+    }
+
+    /// An I/O error met while opening `path`, with a hint for the usual causes.
+    pub(crate) fn open_io(path: &Path, what: &str, e: &io::Error) -> Self {
+        if is_enospc(e) {
+            return Self::Full;
+        }
+        let hint = match e.kind() {
+            io::ErrorKind::PermissionDenied => {
+                "permission denied: the service user must own the directory and be able to write it"
+            }
+            io::ErrorKind::ReadOnlyFilesystem => {
+                "the file system is read-only: the store needs a writable directory"
+            }
+            io::ErrorKind::NotADirectory => "a path component is not a directory",
+            io::ErrorKind::NotFound => "a parent directory does not exist",
+            _ => "",
+        };
+        let reason = if hint.is_empty() { format!("{what}: {e}") } else { format!("{what}: {hint} ({e})") };
+        Self::Open { path: path.to_path_buf(), reason: one_line(&reason) }
+    }
+}
+
+/// True for "no space left on device", however sled wrapped it.
+pub(crate) fn is_enospc(e: &io::Error) -> bool {
+    // sled re-wraps the OS error in a custom error of the same kind, losing `raw_os_error`.
+    e.kind() == io::ErrorKind::StorageFull
+        || e.raw_os_error() == Some(28)
+        || e.to_string().contains("code: 28,")
+}
+
+/// Messages end up in single log lines and HTTP bodies.
+pub(crate) fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_is_recognised_even_when_rewrapped() {
+        let raw = io::Error::from_raw_os_error(28);
+        assert!(is_enospc(&raw));
+        let wrapped = io::Error::new(io::ErrorKind::StorageFull, format!("{raw:?}"));
+        assert!(is_enospc(&wrapped));
+        assert!(!is_enospc(&io::Error::from_raw_os_error(13)));
+        assert!(matches!(StoreError::open_io(Path::new("/x"), "open", &raw), StoreError::Full));
+    }
+
+    #[test]
+    fn messages_are_single_lines_and_classified() {
+        let e = StoreError::open_io(Path::new("/srv/x"), "open", &io::Error::from_raw_os_error(13));
+        let text = e.to_string();
+        assert!(!text.contains('\n') && text.contains("/srv/x") && text.contains("permission"), "{text}");
+        assert!(e.is_unavailable());
+        assert!(StoreError::Full.is_unavailable() && StoreError::Full.is_full());
+        assert!(!StoreError::Invalid("x").is_unavailable());
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+    }
+}

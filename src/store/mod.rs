@@ -1,0 +1,330 @@
+//! The durable heart of the daemon: batches, the work queue, results and idempotency keys in an
+//! embedded sled 0.34 database, with "a 202 means durable" and "exactly one result per record"
+//! as its two promises.
+//!
+//! # Layout
+//!
+//! | tree          | key                                   | value                                 |
+//! |---------------|---------------------------------------|---------------------------------------|
+//! | `batches`     | seq (u64 BE)                          | batch metadata (binary, versioned)    |
+//! | `batch_ids`   | batch id (16 random bytes)            | seq                                   |
+//! | `idempotency` | issuer length (u16 BE), issuer, key   | seq                                   |
+//! | `pending`     | seq, record index (u32 BE)            | ref and DCC JSON (binary, versioned)  |
+//! | `results`     | seq, record index                     | the result's JSON line                |
+//!
+//! `seq` comes from sled's `generate_id` inside the submit transaction: monotonic across
+//! restarts, so big-endian `pending` keys iterate in submission order and the `pending` tree *is*
+//! the work queue. A record is pending exactly while its payload is in `pending`; committing its
+//! result removes the payload in the same transaction, so personal data does not outlive
+//! signing. Every transaction does point operations only (sled's `TransactionalTree` cannot
+//! iterate); the scans (claim, results, purge sweeps) run outside transactions.
+//!
+//! Later modules (key lifecycle, audit log) add their own trees beside these.
+//!
+//! # Guarantees
+//!
+//! - `submit` writes metadata, payloads and mappings in one transaction and then flushes (fsync)
+//!   before returning: a returned batch id survives `kill -9` and power loss.
+//! - `commit` inserts a result only for a record still pending, removes its payload and updates
+//!   its batch's counters in one transaction, then flushes. Readers of status and results never
+//!   see a commit before its flush returned, so a result is never released unless durable; a
+//!   crash before that just means the record is signed again.
+//! - Any sled I/O failure stops this handle ([`StoreError::Failed`] / [`StoreError::Full`]):
+//!   after a failed write sled's in-memory state may be ahead of the disk, so nothing is served
+//!   from it until the daemon restarts and recovers from what is on disk.
+
+mod batches;
+mod error;
+mod layout;
+mod queue;
+mod record;
+mod results;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+pub use batches::{BatchState, BatchStatus, Submitted};
+pub use error::StoreError;
+pub use layout::RecordKey;
+pub use queue::CommitStats;
+pub use record::{NewRecord, RecordError, RecordResult, WorkItem};
+pub use results::ResultIter;
+
+use error::{is_enospc, one_line};
+
+/// Schema version of the layout above, kept in sled's default tree.
+const SCHEMA_VERSION: u8 = 1;
+const SCHEMA_KEY: &[u8] = b"hcert-store-schema";
+/// Our own lock file, taken before sled's, for a clear "in use" error.
+const LOCK_FILE: &str = "store.lock";
+
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache in bytes. sled's resident memory grows well past this while records
+    /// are being accepted (measured, 200,000 records of ~400 bytes accepted in one process:
+    /// about 166 MiB RSS at 16 MiB, 191 MiB at 32 MiB, 203–231 MiB at 64 MiB), so keep it
+    /// modest under a 256 MiB budget. Default 32 MiB.
+    pub cache_capacity: u64,
+    /// `submit` answers [`StoreError::Full`] when the file system has less than this many bytes
+    /// free (plus room for the batch) — before sled ever meets ENOSPC, after which it cannot go
+    /// on. This leaves room to commit the results of work already accepted. 0 disables it.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { cache_capacity: 32 << 20, min_free_bytes: 256 << 20 }
+    }
+}
+
+/// The store. Cheap to clone (an `Arc` inside), `Send + Sync`; every call is synchronous and
+/// may block on disk I/O, so async callers run it on blocking threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    batches: sled::Tree,
+    batch_ids: sled::Tree,
+    idempotency: sled::Tree,
+    pending: sled::Tree,
+    results: sled::Tree,
+    dir: PathBuf,
+    options: StoreOptions,
+    /// Records accepted and not yet resolved, over live batches. Signed because a commit's
+    /// decrement may run before the matching submit's increment; read clamped at zero.
+    queued: AtomicI64,
+    /// Leases of this process (in memory only: after a restart everything is pending again).
+    leases: Mutex<queue::Leases>,
+    leased: AtomicUsize,
+    /// Commits hold it for writing from transaction to flush; status and result readers hold
+    /// it for reading, so they only ever see flushed results.
+    visibility: RwLock<()>,
+    /// Set by the first sled failure; from then on every call fails with it.
+    failure: OnceLock<Failure>,
+    corrupt_records: AtomicU64,
+    expired_unsigned: AtomicU64,
+    /// Held for the life of the store; declared last so it is released after sled closed.
+    _lock: File,
+}
+
+#[derive(Debug, Clone)]
+enum Failure {
+    Full,
+    Other(String),
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, which it owns: sled's files and a lock file live
+    /// there. Purges that a crash interrupted are finished, and the queue is recounted.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::open_io(dir, "cannot create it", &e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| StoreError::open_io(dir, "cannot create its lock file", &e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: dir.to_path_buf() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::open_io(dir, "cannot lock it", &e));
+            }
+        }
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity)
+            // Durability comes from our explicit flushes; the background flush only bounds
+            // what a crash loses of the best-effort writes (purge sweeps).
+            .flush_every_ms(Some(500));
+        let db = open_sled(dir, &config)?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
+        let (batches, batch_ids, idempotency, pending, results) =
+            (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
+        match db.get(SCHEMA_KEY).map_err(|e| open_error(dir, e))? {
+            None => {
+                db.insert(SCHEMA_KEY, &[SCHEMA_VERSION]).map_err(|e| open_error(dir, e))?;
+                db.flush().map_err(|e| open_error(dir, e))?;
+            }
+            Some(v) if v.as_ref() == [SCHEMA_VERSION] => {}
+            Some(v) => {
+                return Err(StoreError::Open {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "store schema {:?} is not the one this binary knows ({SCHEMA_VERSION}): run the matching hcert-signer version",
+                        v.as_ref()
+                    ),
+                });
+            }
+        }
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                batches,
+                batch_ids,
+                idempotency,
+                pending,
+                results,
+                dir: dir.to_path_buf(),
+                options,
+                queued: AtomicI64::new(0),
+                leases: Mutex::new(queue::Leases::default()),
+                leased: AtomicUsize::new(0),
+                visibility: RwLock::new(()),
+                failure: OnceLock::new(),
+                corrupt_records: AtomicU64::new(0),
+                expired_unsigned: AtomicU64::new(0),
+                _lock: lock,
+            }),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Readiness: `Err` once the store has stopped after a failure (a restart is needed).
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.ensure_ok()
+    }
+
+    /// Flushes everything written so far to disk (fsync).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.ensure_ok()?;
+        self.inner.db.flush().map(|_| ()).map_err(|e| self.fail(e))
+    }
+
+    /// Flushes and drops this handle (the files close when the last clone is gone).
+    pub fn close(self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
+    /// Stored records (or batches, counted once) that could not be read and were set aside
+    /// (left as they are, never handed out) since this process started. Non-zero means a bug or
+    /// tampering: alert on it.
+    pub fn corrupt_records(&self) -> u64 {
+        self.inner.corrupt_records.load(Ordering::Relaxed)
+    }
+
+    /// Records purged by [`Store::purge_expired`] before they had a result, since this process
+    /// started: each one is a certificate the issuer never got (an operational failure).
+    pub fn expired_unsigned_records(&self) -> u64 {
+        self.inner.expired_unsigned.load(Ordering::Relaxed)
+    }
+
+    /// The error of an earlier failure, if any.
+    fn ensure_ok(&self) -> Result<(), StoreError> {
+        match self.inner.failure.get() {
+            None => Ok(()),
+            Some(Failure::Full) => Err(StoreError::Full),
+            Some(Failure::Other(why)) => Err(StoreError::Failed(why.clone())),
+        }
+    }
+
+    /// Maps a sled error and stops the store: after a failed write sled's memory may be ahead
+    /// of its disk, and after ENOSPC it refuses (or spins on) further work anyway.
+    fn fail(&self, e: sled::Error) -> StoreError {
+        let (failure, err) = match &e {
+            sled::Error::Io(io) if is_enospc(io) => (Failure::Full, StoreError::Full),
+            sled::Error::Io(io) => {
+                let text = one_line(&io.to_string());
+                (Failure::Other(format!("I/O: {text}")), StoreError::Io(text))
+            }
+            other => {
+                let text = one_line(&other.to_string());
+                (Failure::Other(text.clone()), StoreError::Io(text))
+            }
+        };
+        if self.inner.failure.set(failure).is_ok() {
+            log::error!("store: stopped after a storage failure: {err}");
+        }
+        err
+    }
+
+    /// Maps a transaction's outcome; `Abort` carries our own typed error.
+    fn tx_error(&self, e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => self.fail(e),
+        }
+    }
+
+    /// At open: finish purges that a crash interrupted and count the queue.
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut queued: i64 = 0;
+        let mut unfinished = Vec::new();
+        for item in self.inner.batches.iter() {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
+            // One damaged batch must not keep the appliance down: its records are set aside
+            // when met (see `claim`), and the count tells the operator.
+            let (seq, meta) = match layout::decode_seq(&k)
+                .and_then(|seq| Ok((seq, layout::BatchMeta::decode(&v)?)))
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    self.inner.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                    log::error!("store: a batch's metadata is unreadable, its records are set aside: {e}");
+                    continue;
+                }
+            };
+            if meta.state == layout::StoredState::Deleting {
+                unfinished.push(seq);
+            } else {
+                queued += i64::from(meta.pending());
+            }
+        }
+        for seq in unfinished {
+            self.sweep(seq)?;
+        }
+        self.inner.queued.store(queued, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Opens sled. We hold our own lock, so no other process has the store; if sled's lock is
+/// still taken, it is this process's previous handle whose background threads have not let go
+/// of the file yet (sled issues #1234, #1289): wait for them, briefly.
+fn open_sled(dir: &Path, config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) => {
+                let err = open_error(dir, e);
+                if !matches!(err, StoreError::Locked { .. }) || std::time::Instant::now() >= deadline {
+                    return Err(err);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked { path: dir.to_path_buf() }
+        }
+        sled::Error::Io(io) => StoreError::open_io(dir, "cannot open the database", &io),
+        sled::Error::Corruption { .. } => StoreError::Corrupt(format!(
+            "the database in {} is damaged: restore it from a backup",
+            dir.display()
+        )),
+        other => StoreError::Open { path: dir.to_path_buf(), reason: one_line(&other.to_string()) },
+    }
+}

@@ -1,0 +1,329 @@
+//! The work queue: claiming pending records for signing (leases live in memory only), putting
+//! them back after a transient failure, and committing results exactly once.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, PoisonError};
+
+use sled::Transactional;
+
+use super::batches::abort;
+use super::layout::{self, BatchMeta, RecordKey, StoredState};
+use super::record::{RecordResult, WorkItem};
+use super::{Store, StoreError};
+
+/// This process's view of who works on what. Leases are not persisted: after a restart every
+/// record in `pending` is claimable again, which is what makes a crash between signing and
+/// committing harmless.
+#[derive(Debug, Default)]
+pub(super) struct Leases {
+    /// Handed out (or set aside as unreadable) and not yet committed or released.
+    leased: HashSet<RecordKey>,
+    /// Released after a transient failure: offered again before anything newer.
+    retry: BTreeSet<RecordKey>,
+    /// Where the next scan of `pending` starts (everything before it is leased, resolved,
+    /// retried via `retry`, or belongs to a batch being purged). Keeps `claim` O(max) instead
+    /// of re-reading every leased record each time.
+    cursor: Option<RecordKey>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Results stored (each record's first and only one).
+    pub applied: usize,
+    /// Of those, signed.
+    pub signed: usize,
+    /// Of those, rejected.
+    pub rejected: usize,
+    /// Records that already had a result: skipped, the stored result kept.
+    pub duplicates: usize,
+    /// Records whose batch was deleted or expired meanwhile (or that never existed): dropped.
+    pub orphaned: usize,
+    /// Batches this commit completed.
+    pub batches_done: usize,
+}
+
+/// What a claim needs to know about a record's batch.
+struct BatchInfo {
+    id: String,
+    issuer: String,
+    created_at: i64,
+}
+
+impl Store {
+    /// Hands out up to `max` pending records not leased in this process, oldest first (records
+    /// released for retry come before newer ones). Each is leased until `commit` or `release`;
+    /// concurrent callers never get the same record.
+    pub fn claim(&self, max: usize) -> Result<Vec<WorkItem>, StoreError> {
+        self.ensure_ok()?;
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let mut leases = self.leases();
+        let mut batches: HashMap<u64, Option<Arc<BatchInfo>>> = HashMap::new();
+        while out.len() < max {
+            let Some(key) = leases.retry.pop_first() else { break };
+            if leases.leased.contains(&key) {
+                continue;
+            }
+            if let Some(v) = self.inner.pending.get(key.to_bytes()).map_err(|e| self.fail(e))? {
+                self.take(key, &v, &mut batches, &mut leases, &mut out)?;
+            }
+        }
+        let mut rewound = false;
+        loop {
+            let start = leases.cursor.unwrap_or(RecordKey::new(0, 0));
+            for item in self.inner.pending.range(start.to_bytes()..) {
+                if out.len() >= max {
+                    break;
+                }
+                let (k, v) = item.map_err(|e| self.fail(e))?;
+                let Ok(key) = RecordKey::from_bytes(&k) else {
+                    // Not ours to interpret: never handed out, counted once per scan.
+                    log::error!("store: a malformed key in the queue was skipped");
+                    continue;
+                };
+                leases.cursor = Some(key.successor());
+                if !leases.leased.contains(&key) {
+                    self.take(key, &v, &mut batches, &mut leases, &mut out)?;
+                }
+            }
+            // Safety net: with nothing leased and nothing found, yet records queued, a lease
+            // was dropped without commit or release; scan once more from the start.
+            if out.is_empty()
+                && !rewound
+                && leases.leased.is_empty()
+                && leases.cursor.is_some()
+                && self.queued_records() > 0
+            {
+                leases.cursor = None;
+                rewound = true;
+                continue;
+            }
+            break;
+        }
+        self.inner.leased.store(leases.leased.len(), Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Puts leased records back for another `claim` (a chunk that failed transiently, e.g. an
+    /// HSM outage). Keys not leased are ignored.
+    pub fn release(&self, keys: &[RecordKey]) {
+        let mut leases = self.leases();
+        for key in keys {
+            if leases.leased.remove(key) {
+                leases.retry.insert(*key);
+            }
+        }
+        self.inner.leased.store(leases.leased.len(), Ordering::Relaxed);
+    }
+
+    /// Stores results in one transaction and flushes. A record gets a result only if it is
+    /// still pending: one that already has a result keeps it (the new one is counted as a
+    /// duplicate), one whose batch was purged is dropped. The record's payload is removed and
+    /// its batch's counters and state updated in the same transaction. The leases of all given
+    /// keys end, whatever happened to them.
+    ///
+    /// On `Err` nothing was committed (or the store stopped); the records stay leased until
+    /// `release`d.
+    pub fn commit(&self, results: Vec<(RecordKey, RecordResult)>) -> Result<CommitStats, StoreError> {
+        self.ensure_ok()?;
+        if results.is_empty() {
+            return Ok(CommitStats::default());
+        }
+        let lines: Vec<(RecordKey, sled::IVec, bool)> =
+            results.iter().map(|(k, r)| (*k, sled::IVec::from(r.to_json()), r.is_signed())).collect();
+        let inner = &self.inner;
+        // Held until the flush returned: readers see this commit only once it is durable.
+        let visible = inner.visibility.write().unwrap_or_else(PoisonError::into_inner);
+        let stats = (&inner.batches, &inner.pending, &inner.results)
+            .transaction(|(batches, pending, stored)| {
+                let mut stats = CommitStats::default();
+                // Ordered, so the metadata writes happen in a stable order.
+                let mut metas: BTreeMap<u64, Option<(BatchMeta, bool)>> = BTreeMap::new();
+                for (key, line, signed) in &lines {
+                    let seq = key.batch_seq();
+                    if let Entry::Vacant(slot) = metas.entry(seq) {
+                        let meta = match batches.get(&layout::seq_key(seq)[..])? {
+                            Some(v) => match BatchMeta::decode(&v) {
+                                Ok(m) if m.state != StoredState::Deleting => Some((m, false)),
+                                Ok(_) => None,
+                                Err(e) => {
+                                    log::error!(
+                                        "store: batch {seq} metadata unreadable, results dropped: {e}"
+                                    );
+                                    None
+                                }
+                            },
+                            None => None,
+                        };
+                        slot.insert(meta);
+                    }
+                    let Some(Some((meta, dirty))) = metas.get_mut(&seq) else {
+                        stats.orphaned += 1;
+                        continue;
+                    };
+                    if key.index() >= meta.total {
+                        stats.orphaned += 1;
+                        continue;
+                    }
+                    let k = key.to_bytes();
+                    if pending.get(&k[..])?.is_none() {
+                        stats.duplicates += 1;
+                        continue;
+                    }
+                    if stored.get(&k[..])?.is_some() {
+                        // Never both by construction; if so, the stored result wins.
+                        pending.remove(&k[..])?;
+                        stats.duplicates += 1;
+                        continue;
+                    }
+                    stored.insert(&k[..], line.clone())?;
+                    pending.remove(&k[..])?;
+                    if *signed {
+                        meta.signed = meta.signed.saturating_add(1);
+                        stats.signed += 1;
+                    } else {
+                        meta.rejected = meta.rejected.saturating_add(1);
+                        stats.rejected += 1;
+                    }
+                    stats.applied += 1;
+                    meta.state = if meta.pending() == 0 {
+                        stats.batches_done += 1;
+                        StoredState::Done
+                    } else {
+                        StoredState::Signing
+                    };
+                    *dirty = true;
+                }
+                for (seq, meta) in &metas {
+                    if let Some((meta, true)) = meta {
+                        batches.insert(&layout::seq_key(*seq)[..], meta.encode().map_err(abort)?)?;
+                    }
+                }
+                Ok(stats)
+            })
+            .map_err(|e| self.tx_error(e))?;
+        inner.db.flush().map_err(|e| self.fail(e))?;
+        drop(visible);
+        inner.queued.fetch_sub(stats.applied as i64, Ordering::SeqCst);
+        let mut leases = self.leases();
+        for (key, _) in &results {
+            leases.leased.remove(key);
+        }
+        inner.leased.store(leases.leased.len(), Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Records accepted and not yet signed or rejected (leased ones included), for
+    /// backpressure and the `hcert_queue_records` gauge. O(1).
+    pub fn queued_records(&self) -> u64 {
+        u64::try_from(self.inner.queued.load(Ordering::SeqCst)).unwrap_or(0)
+    }
+
+    /// Cheap "is there something to claim": queued records beyond those leased.
+    pub fn has_work(&self) -> bool {
+        self.queued_records() > self.inner.leased.load(Ordering::Relaxed) as u64
+    }
+
+    /// Seconds since the oldest pending record was accepted (`None` with an empty queue), for
+    /// alerting on a stuck queue.
+    pub fn oldest_pending_age(&self, now_unix: i64) -> Result<Option<i64>, StoreError> {
+        self.ensure_ok()?;
+        let mut start = RecordKey::new(0, 0);
+        loop {
+            let Some(item) = self.inner.pending.range(start.to_bytes()..).next() else { return Ok(None) };
+            let (k, _) = item.map_err(|e| self.fail(e))?;
+            let key = RecordKey::from_bytes(&k)?;
+            let seq = key.batch_seq();
+            if let Some(v) = self.inner.batches.get(layout::seq_key(seq)).map_err(|e| self.fail(e))? {
+                let meta = BatchMeta::decode(&v)?;
+                if meta.state != StoredState::Deleting {
+                    return Ok(Some(now_unix.saturating_sub(meta.created_at).max(0)));
+                }
+            }
+            // A batch being purged: skip all of it.
+            match seq.checked_add(1) {
+                Some(next) => start = RecordKey::new(next, 0),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// After a submit: a batch whose sequence number is below the scan cursor (a concurrent
+    /// submit committed out of order) must not be skipped.
+    pub(super) fn rewind_cursor(&self, to: RecordKey) {
+        let mut leases = self.leases();
+        if leases.cursor.is_some_and(|c| c > to) {
+            leases.cursor = Some(to);
+        }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        // The lease set stays consistent under a panic (single inserts/removes).
+        self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Leases one pending record to the caller, or sets it aside if it cannot be read.
+    fn take(
+        &self,
+        key: RecordKey,
+        payload: &[u8],
+        batches: &mut HashMap<u64, Option<Arc<BatchInfo>>>,
+        leases: &mut Leases,
+        out: &mut Vec<WorkItem>,
+    ) -> Result<(), StoreError> {
+        let seq = key.batch_seq();
+        let info = match batches.get(&seq) {
+            Some(info) => info.clone(),
+            None => {
+                let info = match self.inner.batches.get(layout::seq_key(seq)).map_err(|e| self.fail(e))? {
+                    None => None,
+                    Some(v) => match BatchMeta::decode(&v) {
+                        Ok(m) if m.state == StoredState::Deleting => None,
+                        Ok(m) => Some(Arc::new(BatchInfo {
+                            id: layout::batch_id_text(&m.id),
+                            issuer: m.issuer,
+                            created_at: m.created_at,
+                        })),
+                        Err(e) => {
+                            self.quarantine(key, leases, &e);
+                            return Ok(());
+                        }
+                    },
+                };
+                batches.insert(seq, info.clone());
+                info
+            }
+        };
+        // A batch being purged: its records are about to go.
+        let Some(info) = info else { return Ok(()) };
+        match layout::decode_payload(payload) {
+            Ok((r#ref, dcc_json)) => {
+                leases.leased.insert(key);
+                out.push(WorkItem {
+                    key,
+                    batch_id: info.id.clone(),
+                    issuer_id: info.issuer.clone(),
+                    r#ref,
+                    dcc_json,
+                    accepted_at: info.created_at,
+                });
+            }
+            Err(e) => self.quarantine(key, leases, &e),
+        }
+        Ok(())
+    }
+
+    /// A record that cannot be read stays pending (it shows in the queue's age) but is never
+    /// handed out again by this process.
+    fn quarantine(&self, key: RecordKey, leases: &mut Leases, why: &StoreError) {
+        if leases.leased.insert(key) {
+            self.inner.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            log::error!("store: record {key} set aside: {why}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! What goes into the store and what comes out per record: submitted records, claimed work
+//! items, and the result that is streamed back to the issuer as one NDJSON line.
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::layout::RecordKey;
+
+/// One record as submitted: the issuer's reference and the DCC JSON text, stored as given.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    /// The issuer's reference for the record (the API keeps it to 128 characters).
+    pub r#ref: &'a str,
+    /// The DCC payload as JSON text (the API passes a `RawValue`'s text; the pipeline re-parses).
+    pub dcc_json: &'a [u8],
+}
+
+/// A pending record handed to a signing worker by [`Store::claim`](super::Store::claim).
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    /// Where the record sits in the queue; give it back to `commit` or `release`.
+    pub key: RecordKey,
+    /// The batch it belongs to (as the issuer knows it).
+    pub batch_id: String,
+    /// The issuer that submitted it (for the audit log).
+    pub issuer_id: String,
+    /// The issuer's reference, to be copied into the result.
+    pub r#ref: String,
+    /// The DCC JSON as submitted.
+    pub dcc_json: Vec<u8>,
+    /// When the batch was accepted (Unix seconds), for the accepted → signed latency.
+    pub accepted_at: i64,
+}
+
+/// Why a record was rejected: a stable machine-readable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordError {
+    /// Stable code, e.g. `schema`, `uvci`, `no_key`.
+    pub code: String,
+    /// What is wrong with the record (never the payload's personal data itself).
+    pub message: String,
+}
+
+/// A record's final result, serialized exactly as the API streams it, one JSON object a line:
+/// `{"ref","status":"signed","hc1","uvci","kid","iat","exp"}` or
+/// `{"ref","status":"rejected","error":{"code","message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum RecordResult {
+    /// The record was signed.
+    Signed {
+        /// The issuer's reference.
+        r#ref: String,
+        /// The `HC1:` string that goes into the QR code.
+        hc1: String,
+        /// The certificate's UVCI (assigned by the signer if the DCC had none).
+        uvci: String,
+        /// The signing DSC's kid, base64 (standard alphabet, padded).
+        kid: String,
+        /// Issued-at, Unix seconds.
+        iat: i64,
+        /// Expiry, Unix seconds.
+        exp: i64,
+    },
+    /// The record could not be signed; the rest of its batch is unaffected.
+    Rejected {
+        /// The issuer's reference.
+        r#ref: String,
+        /// Why.
+        error: RecordError,
+    },
+}
+
+impl RecordResult {
+    /// The issuer's reference the result belongs to.
+    pub fn r#ref(&self) -> &str {
+        match self {
+            Self::Signed { r#ref, .. } | Self::Rejected { r#ref, .. } => r#ref,
+        }
+    }
+
+    /// True for a signed record.
+    pub fn is_signed(&self) -> bool {
+        matches!(self, Self::Signed { .. })
+    }
+
+    /// The compact JSON line (without the newline) as stored and streamed.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing owned strings and integers into a Vec cannot fail; the fallback keeps the
+        // function total without a panic path.
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+}
+
+// Hand-written so the fields come out in the documented order ("ref" first, then "status"),
+// which a derived internally-tagged enum would not do.
+impl Serialize for RecordResult {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Signed { r#ref, hc1, uvci, kid, iat, exp } => {
+                let mut m = s.serialize_struct("RecordResult", 7)?;
+                m.serialize_field("ref", r#ref)?;
+                m.serialize_field("status", "signed")?;
+                m.serialize_field("hc1", hc1)?;
+                m.serialize_field("uvci", uvci)?;
+                m.serialize_field("kid", kid)?;
+                m.serialize_field("iat", iat)?;
+                m.serialize_field("exp", exp)?;
+                m.end()
+            }
+            Self::Rejected { r#ref, error } => {
+                let mut m = s.serialize_struct("RecordResult", 3)?;
+                m.serialize_field("ref", r#ref)?;
+                m.serialize_field("status", "rejected")?;
+                m.serialize_field("error", error)?;
+                m.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_serializes_exactly_as_documented() {
+        let r = RecordResult::Signed {
+            r#ref: "p-1".into(),
+            hc1: "HC1:6BF".into(),
+            uvci: "URN:UVCI:01:VN:ABC#X".into(),
+            kid: "3lTmAZX19GQ=".into(),
+            iat: 1_700_000_000,
+            exp: 1_731_536_000,
+        };
+        let json = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ref":"p-1","status":"signed","hc1":"HC1:6BF","uvci":"URN:UVCI:01:VN:ABC#X","kid":"3lTmAZX19GQ=","iat":1700000000,"exp":1731536000}"#
+        );
+        assert_eq!(serde_json::from_str::<RecordResult>(&json).unwrap(), r);
+        assert!(r.is_signed() && r.r#ref() == "p-1");
+    }
+
+    #[test]
+    fn rejected_serializes_exactly_as_documented() {
+        let r = RecordResult::Rejected {
+            r#ref: "p-\"2\"".into(),
+            error: RecordError { code: "schema".into(), message: "dob: not a date".into() },
+        };
+        let json = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ref":"p-\"2\"","status":"rejected","error":{"code":"schema","message":"dob: not a date"}}"#
+        );
+        assert_eq!(serde_json::from_str::<RecordResult>(&json).unwrap(), r);
+        assert!(!r.is_signed());
+    }
+}
