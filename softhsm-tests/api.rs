@@ -198,6 +198,22 @@ async fn synchronous_sign_and_every_documented_route_answers() {
     let hc1s: Vec<String> = results.iter().map(|l| l["hc1"].as_str().unwrap().to_owned()).collect();
     assert!(verify_all(std::str::from_utf8(&trust.body).unwrap(), &hc1s).0);
 
+    // The yearly renewal: the same content with its UVCI is signed again, keeping the UVCI.
+    let mut renewal = records("s", 1);
+    let uvci = results[0]["uvci"].as_str().unwrap().to_owned();
+    for g in ["v", "t", "r"] {
+        if let Some(e) = renewal[0]["dcc"].get_mut(g).and_then(|a| a.get_mut(0)) {
+            e["ci"] = json!(uvci);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = c.post("/v1/sign", &json!({"records": renewal})).await.unwrap().json().unwrap();
+    let again = &again["results"][0];
+    assert_eq!(again["status"], "signed", "{again}");
+    assert_eq!(again["uvci"], uvci.as_str());
+    assert!(again["iat"].as_i64().unwrap() > results[0]["iat"].as_i64().unwrap());
+    assert_ne!(again["hc1"], results[0]["hc1"]);
+
     // Every route of the OpenAPI document is answered by the server (not "no_route").
     let id = c.post("/v1/batches", &json!({"records": records("x", 1)})).await.unwrap().json().unwrap()["batch_id"]
         .as_str()
@@ -216,4 +232,53 @@ async fn synchronous_sign_and_every_documented_route_answers() {
     // Health answers on the operations listener without a certificate.
     assert_eq!(daemon::ops_get(d.ops, "/healthz").unwrap().0, 200);
     assert_eq!(daemon::ops_get(d.ops, "/readyz").unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_answers_503_with_retry_after() {
+    let mut d = Daemon::init();
+    // Accept-only (no signing workers) and a tiny queue, so the queue fills and stays full.
+    d.append_config("\n[pipeline]\nworkers = 0\n\n[limits]\nmax_queued_records = 10\n");
+    d.spawn();
+    d.wait_started();
+    let mut c = d.client("issuer").await;
+    let r = c.post("/v1/batches", &json!({"records": records("q", 10)})).await.unwrap();
+    assert_eq!(r.status, 202);
+    let r = c.post("/v1/batches", &json!({"records": records("p", 1)})).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "10");
+    assert_eq!(r.json().unwrap()["error"]["code"], "busy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_clients_without_dropping_connections() {
+    let d = Daemon::start();
+    // A new client certificate from the same CA, not yet configured.
+    let ca = hcert_signer::pki::dev::DevCa::load(
+        &std::fs::read_to_string(d.path().join("tls/ca.pem")).unwrap(),
+        &std::fs::read_to_string(d.path().join("tls/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let cert = ca.issue_client("issuer3", 30).unwrap();
+    std::fs::write(d.path().join("tls/issuer3.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(d.path().join("tls/issuer3.key"), &cert.key_pem).unwrap();
+    let mut open = d.client("issuer").await;
+    let mut newcomer = d.client("issuer3").await;
+    assert_eq!(newcomer.get("/v1/trust-list").await.unwrap().status, 403);
+
+    d.append_config("\n[[client]]\nname = \"issuer3\"\nroles = [\"issue\"]\n");
+    d.signal("HUP");
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut c = d.client("issuer3").await;
+        if c.get("/v1/trust-list").await.unwrap().status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "issuer3 not accepted after SIGHUP: {}", d.log_text());
+    // The connection opened before the reload still works.
+    assert_eq!(open.get("/v1/trust-list").await.unwrap().status, 200);
+    assert!(d.log_text().contains("reloaded TLS material"));
 }

@@ -112,6 +112,15 @@ impl Daemon {
         }
     }
 
+    /// Waits for `/healthz` only (for daemons that are not meant to be ready).
+    pub fn wait_started(&mut self) {
+        let start = Instant::now();
+        while ops_get(self.ops, "/healthz").is_none_or(|(s, _)| s != 200) {
+            assert!(start.elapsed() < Duration::from_secs(60), "daemon did not start: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL, as a power cut would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
