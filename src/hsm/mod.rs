@@ -6,6 +6,11 @@
 //! a bad signature into a citizen's QR code). Backends implement [`Backend`]:
 //! [`pkcs11`] (any PKCS#11 module; SoftHSM2 in the tests) and [`yubihsm`] (YubiHSM2).
 //!
+//! Verification runs where the signatures are made: each signing request carries a [`Check`]
+//! that the backend runs on the thread that signed (a pool worker for PKCS#11), so a batch is
+//! verified in parallel over the pool while the HSM signs the rest of it, and only a check can
+//! produce the [`Checked`] signatures [`Hsm`] releases.
+//!
 //! All calls are blocking and may be made from many threads at once; call them from blocking
 //! threads (e.g. `spawn_blocking`), never from an async reactor thread.
 
@@ -98,15 +103,19 @@ pub trait Backend: Send + Sync + 'static {
     fn list_keys(&self) -> Result<Vec<KeyInfo>, Error>;
     /// Signs each 32-byte digest with ECDSA (no hashing by the HSM); returns raw `r‖s`.
     fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error>;
-    /// Starts signing `digests` as [`Backend::sign_digests`] would and returns without waiting
-    /// for the signatures, so that [`Hsm`] can verify earlier ones while the HSM works on these.
-    /// The same per-call timeout and fault handling apply; [`PendingSignatures::wait`] enforces
-    /// the timeout. Dropping the handle abandons the request.
+    /// Starts signing `digests` as [`Backend::sign_digests`] would and returns without waiting.
+    /// As soon as the raw signatures exist, the backend hands them to `check` ([`Hsm`]'s low-S
+    /// normalisation and software verification) on the thread that made them, and the request's
+    /// result is what the check returned: only a check makes a [`Checked`] batch, so nothing
+    /// unverified can come out. Checking there spreads verification over the pool's threads and
+    /// overlaps it with the signing of the next requests. Same per-call timeout and fault
+    /// handling as `sign_digests`; dropping the handle abandons the request.
     ///
-    /// The default signs at once: a backend with one device session (YubiHSM2) has nothing to
-    /// overlap with.
-    fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>) -> PendingSignatures {
-        PendingSignatures::ready(self.sign_digests(label, &digests))
+    /// The default signs and checks at once on the caller's thread: a backend with one device
+    /// session (YubiHSM2) has nothing to overlap.
+    fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>, check: Check) -> PendingSignatures {
+        let result = self.sign_digests(label, &digests);
+        PendingSignatures::ready(result.and_then(|raw| check.run(raw, |what| self.report_fault(what))))
     }
     /// A cheap liveness check (token present, session logged in).
     fn health(&self) -> Result<(), Error>;
@@ -120,36 +129,34 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// Signatures a backend has been asked for ([`Backend::submit_digests`]) and may still be
-/// making. Raw, as the device made them: [`Hsm`] normalises and verifies them.
+/// making; once made, they have been through their [`Check`].
 #[must_use = "dropping a pending request abandons it"]
 pub struct PendingSignatures {
     state: PendingState,
 }
 
 /// The wait is a closure so that each backend keeps its own reply channel and timeout rules.
-type WaitFn = Box<dyn FnOnce() -> Result<Vec<[u8; 64]>, Error> + Send>;
+type WaitFn = Box<dyn FnOnce() -> Result<Checked, Error> + Send>;
 
 enum PendingState {
-    Ready(Result<Vec<[u8; 64]>, Error>),
+    Ready(Result<Checked, Error>),
     Deferred(WaitFn),
 }
 
 impl PendingSignatures {
     /// A request already answered (a synchronous backend, or one refused at once).
-    pub fn ready(result: Result<Vec<[u8; 64]>, Error>) -> PendingSignatures {
+    pub fn ready(result: Result<Checked, Error>) -> PendingSignatures {
         PendingSignatures { state: PendingState::Ready(result) }
     }
 
     /// A request answered later by `wait`, which must return within the backend's per-call
     /// timeout whatever the device does.
-    pub fn deferred(
-        wait: impl FnOnce() -> Result<Vec<[u8; 64]>, Error> + Send + 'static,
-    ) -> PendingSignatures {
+    pub fn deferred(wait: impl FnOnce() -> Result<Checked, Error> + Send + 'static) -> PendingSignatures {
         PendingSignatures { state: PendingState::Deferred(Box::new(wait)) }
     }
 
-    /// Blocks until the signatures are ready, the request fails, or its timeout passes.
-    pub fn wait(self) -> Result<Vec<[u8; 64]>, Error> {
+    /// Blocks until the checked signatures are ready, the request fails, or its timeout passes.
+    pub fn wait(self) -> Result<Checked, Error> {
         match self.state {
             PendingState::Ready(result) => result,
             PendingState::Deferred(wait) => wait(),
@@ -167,6 +174,114 @@ impl std::fmt::Debug for PendingSignatures {
     }
 }
 
+pub use check::{Check, Checked};
+
+/// Verification of raw signatures, in a module of its own so that nothing else, backends
+/// included, can make a [`Checked`] batch without verifying it.
+mod check {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::{Error, Shared, Verifier};
+
+    /// What [`super::Hsm`] does with one request's raw signatures: normalise each to low-S and
+    /// verify it over its message with the key's public key. A backend runs it where the
+    /// signatures were made ([`super::Backend::submit_digests`]).
+    pub struct Check {
+        label: String,
+        verifier: Arc<Verifier>,
+        /// The request's messages back to back (one allocation per request), and their ends.
+        messages: Vec<u8>,
+        ends: Vec<usize>,
+        shared: Arc<Shared>,
+    }
+
+    /// Signatures that passed their [`Check`]: low-S, verified, one per message, in order.
+    #[derive(Debug)]
+    pub struct Checked(Vec<[u8; 64]>);
+
+    impl Check {
+        pub(super) fn new<'m>(
+            label: &str,
+            verifier: Arc<Verifier>,
+            messages: impl ExactSizeIterator<Item = &'m [u8]> + Clone,
+            shared: Arc<Shared>,
+        ) -> Check {
+            let mut buf = Vec::with_capacity(messages.clone().map(<[u8]>::len).sum());
+            let mut ends = Vec::with_capacity(messages.len());
+            for m in messages {
+                buf.extend_from_slice(m);
+                ends.push(buf.len());
+            }
+            Check { label: label.to_string(), verifier, messages: buf, ends, shared }
+        }
+
+        /// How many signatures it expects.
+        pub fn len(&self) -> usize {
+            self.ends.len()
+        }
+
+        /// Whether it expects none.
+        pub fn is_empty(&self) -> bool {
+            self.ends.is_empty()
+        }
+
+        /// Normalises and verifies `raw`, one signature per message in order. A signature that
+        /// fails is never returned: it is counted, the cached public key is dropped (it may be
+        /// a stale one), `report_fault` is called — the backend must reset as for a device
+        /// fault — and the whole request fails with [`Error::BadSignature`].
+        pub fn run(self, raw: Vec<[u8; 64]>, report_fault: impl FnOnce(&str)) -> Result<Checked, Error> {
+            if raw.len() != self.ends.len() {
+                return Err(Error::Device {
+                    op: "sign",
+                    rv: format!("{} signatures for {} digests", raw.len(), self.ends.len()),
+                });
+            }
+            let mut out = Vec::with_capacity(raw.len());
+            let mut start = 0;
+            for (raw, &end) in raw.iter().zip(&self.ends) {
+                let message = self.messages.get(start..end).unwrap_or_default();
+                start = end;
+                match self.verify(message, raw) {
+                    Some(sig) => out.push(sig),
+                    None => {
+                        self.shared.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut cache) = self.shared.verifiers.write() {
+                            cache.remove(&self.label);
+                        }
+                        log::error!(
+                            "HSM returned a signature by {:?} that fails verification; discarded, resetting sessions",
+                            self.label
+                        );
+                        report_fault("a signature failed software verification");
+                        return Err(Error::BadSignature { label: self.label });
+                    }
+                }
+            }
+            Ok(Checked(out))
+        }
+
+        /// The low-S form of `raw` if it verifies over `message`.
+        fn verify(&self, message: &[u8], raw: &[u8; 64]) -> Option<[u8; 64]> {
+            let sig = p256::ecdsa::Signature::from_slice(raw).ok()?;
+            let bytes: [u8; 64] = sig.normalize_s().unwrap_or(sig).to_bytes().into();
+            self.verifier.key.verify_sig(message, &bytes).ok().map(|()| bytes)
+        }
+    }
+
+    impl Checked {
+        pub(super) fn into_signatures(self) -> Vec<[u8; 64]> {
+            self.0
+        }
+    }
+
+    impl std::fmt::Debug for Check {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Check").field("label", &self.label).field("len", &self.len()).finish()
+        }
+    }
+}
+
 /// The appliance's handle on its HSM. Cheap to clone; all clones share one backend.
 #[derive(Clone)]
 pub struct Hsm {
@@ -175,11 +290,19 @@ pub struct Hsm {
 
 struct HsmInner {
     backend: Box<dyn Backend>,
+    shared: Arc<Shared>,
+    signatures: AtomicU64,
+    sign_failures: AtomicU64,
+}
+
+/// What checks running on a backend's threads update. Kept apart from [`HsmInner`], which owns
+/// the backend, so that a check in flight never keeps the backend alive (nor drops it on one of
+/// the backend's own workers).
+#[derive(Default)]
+struct Shared {
     /// Parsed public keys per label: verification is on the hot path, so the key is parsed
     /// once (aws-lc's assembly P-256 verifier, about 6× the pure-Rust one).
     verifiers: RwLock<HashMap<String, Arc<Verifier>>>,
-    signatures: AtomicU64,
-    sign_failures: AtomicU64,
     bad_signatures: AtomicU64,
 }
 
@@ -187,8 +310,8 @@ struct Verifier {
     key: ParsedPublicKey,
 }
 
-/// Most items in one backend request of `sign_many`: big enough to amortise the hand-off to a
-/// session, small enough that the first signatures come back (to be verified) soon.
+/// Most items in one backend request of `sign_many`: enough to amortise the hand-off to a
+/// session, few enough that the sessions of a pool share a batch evenly.
 const MAX_SLICE: usize = 16;
 
 impl std::fmt::Debug for Hsm {
@@ -212,10 +335,9 @@ impl Hsm {
         Hsm {
             inner: Arc::new(HsmInner {
                 backend: Box::new(backend),
-                verifiers: RwLock::new(HashMap::new()),
+                shared: Arc::new(Shared::default()),
                 signatures: AtomicU64::new(0),
                 sign_failures: AtomicU64::new(0),
-                bad_signatures: AtomicU64::new(0),
             }),
         }
     }
@@ -260,9 +382,10 @@ impl Hsm {
     }
 
     /// Signs a batch of `(message, SHA-256(message))` items with one key; same guarantees as
-    /// [`Hsm::sign`] for each signature. The batch is cut into requests that keep every session
-    /// of the backend busy while this thread verifies the signatures already returned. All or
-    /// nothing: any failure fails the batch, and no signature of a failed batch is released.
+    /// [`Hsm::sign`] for each signature. The batch is cut into requests submitted ahead, so that
+    /// every session of the backend has work and each slice is verified while the next ones are
+    /// signed. All or nothing: any failure fails the batch, and no signature of a failed batch
+    /// is released.
     pub fn sign_many<M: AsRef<[u8]>>(
         &self,
         label: &str,
@@ -290,9 +413,11 @@ impl Hsm {
     }
 
     /// Signs `items` in slices submitted ahead: up to one request more than the backend has
-    /// sessions is in flight, so while this thread normalises and verifies slice *i*, the
-    /// sessions sign slices *i+1…* and none waits for work. Results are consumed in order;
-    /// on the first error the rest is dropped, which the backend takes as abandoned.
+    /// sessions is in flight, so every session has work and none waits for this thread. Each
+    /// request carries the [`Check`] of its slice, which the backend runs as soon as the slice
+    /// is signed (a pool thread verifies slice *i* while another signs slice *i+1*). Results
+    /// are taken in order; on the first error the rest is dropped, which the backend takes as
+    /// abandoned, and nothing is returned.
     fn pipeline<M: AsRef<[u8]>>(&self, label: &str, items: &[(M, [u8; 32])]) -> Result<Vec<[u8; 64]>, Error> {
         validate_label(label)?;
         let verifier = self.verifier(label)?;
@@ -300,20 +425,18 @@ impl Hsm {
         let mut in_flight = VecDeque::with_capacity(window);
         let mut next = 0;
         let mut out = Vec::with_capacity(items.len());
-        self.submit_ahead(label, items, window, &mut next, &mut in_flight)?;
+        self.submit_ahead(label, &verifier, items, window, &mut next, &mut in_flight)?;
         while let Some((range, pending)) = in_flight.pop_front() {
-            let raw = pending.wait()?;
-            // The session that answered is free again: give it the next slice before verifying.
-            self.submit_ahead(label, items, window, &mut next, &mut in_flight)?;
-            if raw.len() != range.len() {
+            let sigs = pending.wait()?.into_signatures();
+            self.submit_ahead(label, &verifier, items, window, &mut next, &mut in_flight)?;
+            // A check returns one signature per message; fail closed all the same.
+            if sigs.len() != range.len() {
                 return Err(Error::Device {
                     op: "sign",
-                    rv: format!("{} signatures for {} digests", raw.len(), range.len()),
+                    rv: format!("{} signatures for {} digests", sigs.len(), range.len()),
                 });
             }
-            for ((message, _), raw) in items[range].iter().zip(raw) {
-                out.push(self.finish(label, &verifier, message.as_ref(), raw)?);
-            }
+            out.extend(sigs);
         }
         Ok(out)
     }
@@ -324,14 +447,16 @@ impl Hsm {
     fn submit_ahead<M: AsRef<[u8]>>(
         &self,
         label: &str,
+        verifier: &Arc<Verifier>,
         items: &[(M, [u8; 32])],
         window: usize,
         next: &mut usize,
         in_flight: &mut VecDeque<(Range<usize>, PendingSignatures)>,
     ) -> Result<(), Error> {
         while in_flight.len() < window && *next < items.len() {
-            let len = slice_len(items.len() - *next, window);
-            let slice = &items[*next..*next + len];
+            let len = slice_len(items.len() - *next, *next, window);
+            let range = *next..*next + len;
+            let slice = &items[range.clone()];
             let mut digests = Vec::with_capacity(len);
             for (message, digest) in slice {
                 if sha256(message.as_ref()) != *digest {
@@ -339,46 +464,16 @@ impl Hsm {
                 }
                 digests.push(*digest);
             }
-            in_flight.push_back((*next..*next + len, self.inner.backend.submit_digests(label, digests)));
+            let messages = slice.iter().map(|(m, _)| m.as_ref());
+            let check = Check::new(label, verifier.clone(), messages, self.inner.shared.clone());
+            in_flight.push_back((range, self.inner.backend.submit_digests(label, digests, check)));
             *next += len;
         }
         Ok(())
     }
 
-    /// Low-S normalisation and software verification of one raw signature.
-    fn finish(
-        &self,
-        label: &str,
-        verifier: &Verifier,
-        message: &[u8],
-        raw: [u8; 64],
-    ) -> Result<[u8; 64], Error> {
-        let normalised =
-            p256::ecdsa::Signature::from_slice(&raw).ok().map(|sig| sig.normalize_s().unwrap_or(sig));
-        let ok = normalised.map(|sig| {
-            let bytes: [u8; 64] = sig.to_bytes().into();
-            (verifier.key.verify_sig(message, &bytes).is_ok(), bytes)
-        });
-        match ok {
-            Some((true, bytes)) => Ok(bytes),
-            _ => {
-                self.inner.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                // The cached public key might be the stale one (a key replaced under the same
-                // label); drop it so the next call reads it again from the HSM.
-                if let Ok(mut cache) = self.inner.verifiers.write() {
-                    cache.remove(label);
-                }
-                log::error!(
-                    "HSM returned a signature by {label:?} that fails verification; discarded, resetting sessions"
-                );
-                self.inner.backend.report_fault("a signature failed software verification");
-                Err(Error::BadSignature { label: label.into() })
-            }
-        }
-    }
-
     fn verifier(&self, label: &str) -> Result<Arc<Verifier>, Error> {
-        if let Some(v) = self.inner.verifiers.read().ok().and_then(|c| c.get(label).cloned()) {
+        if let Some(v) = self.inner.shared.verifiers.read().ok().and_then(|c| c.get(label).cloned()) {
             return Ok(v);
         }
         let info = self.inner.backend.find_key(label)?;
@@ -390,7 +485,7 @@ impl Hsm {
             }
         })?;
         let v = Arc::new(Verifier { key });
-        if let Ok(mut cache) = self.inner.verifiers.write() {
+        if let Ok(mut cache) = self.inner.shared.verifiers.write() {
             cache.insert(label.to_string(), v.clone());
         }
         Ok(v)
@@ -418,17 +513,18 @@ impl Hsm {
         Stats {
             signatures: self.inner.signatures.load(Ordering::Relaxed),
             sign_failures: self.inner.sign_failures.load(Ordering::Relaxed),
-            bad_signatures: self.inner.bad_signatures.load(Ordering::Relaxed),
+            bad_signatures: self.inner.shared.bad_signatures.load(Ordering::Relaxed),
             backend: self.inner.backend.stats(),
         }
     }
 }
 
-/// Items in the next request of a batch with `remaining` items left: about a sixth of what is
-/// left per in-flight slot, so slices shrink towards the end and the last verification (which
-/// nothing overlaps) is short, while early slices are large enough to amortise the hand-off.
-fn slice_len(remaining: usize, window: usize) -> usize {
-    remaining.div_ceil(2 * window).clamp(1, MAX_SLICE).min(remaining)
+/// Items in the next request of a batch with `remaining` items left after `done` submitted:
+/// a share of what is left per in-flight slot, so slices shrink towards the end and the
+/// sessions finish together, and no more than already submitted, so the first requests are
+/// small and every session starts at once.
+fn slice_len(remaining: usize, done: usize, window: usize) -> usize {
+    remaining.div_ceil(2 * window).min(done.max(1)).clamp(1, MAX_SLICE).min(remaining)
 }
 
 /// SHA-256 with aws-lc (the same digest the daemon computes over the COSE to-be-signed bytes).
@@ -535,9 +631,10 @@ mod tests {
                 })
                 .collect()
         }
-        fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>) -> PendingSignatures {
+        fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>, check: Check) -> PendingSignatures {
             // Answered later, like the PKCS#11 pool: counts what is in flight.
-            let result = self.sign_digests(label, &digests);
+            let result =
+                self.sign_digests(label, &digests).and_then(|raw| check.run(raw, |w| self.report_fault(w)));
             let q = self.queue.clone();
             q.requests.fetch_add(1, Ordering::SeqCst);
             let now = q.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -673,18 +770,19 @@ mod tests {
     }
 
     #[test]
-    fn slices_cover_the_batch_and_shrink_towards_its_end() {
+    fn slices_cover_the_batch_start_small_and_end_small() {
         for window in [2, 3, 5, 17] {
             for n in [1, 2, 3, 10, 64, 1000] {
+                let mut lens = Vec::new();
                 let mut left = n;
-                let mut last = usize::MAX;
                 while left > 0 {
-                    let len = slice_len(left, window);
-                    assert!((1..=MAX_SLICE.min(left)).contains(&len));
-                    assert!(len <= last, "slices grow: {len} after {last}");
-                    last = len;
+                    let len = slice_len(left, n - left, window);
+                    assert!((1..=MAX_SLICE.min(left)).contains(&len), "{len} of {left}");
+                    lens.push(len);
                     left -= len;
                 }
+                // The first request goes out at once, and the sessions finish together.
+                assert_eq!((lens[0], lens[lens.len() - 1]), (1, 1), "{lens:?}");
             }
         }
     }

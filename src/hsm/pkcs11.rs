@@ -7,9 +7,12 @@
 //! * a keeper session, logged in as the user and never used for anything else — PKCS#11 logs the
 //!   whole application out when its last session closes, so this one stays open;
 //! * one admin worker with a read/write session (key generation, look-ups);
-//! * `pool_size` signing workers, each owning one read-only session, all fed by one `flume`
-//!   queue. Callers put a job on the queue and wait for the reply with a timeout; they never
-//!   enter the PKCS#11 module themselves, so a hung token cannot hang them.
+//! * `pool_size` signing workers, each owning one read-only session, all fed by one job queue.
+//!   Callers put a job on the queue and wait for the reply with a timeout — or put several and
+//!   collect the replies later; they never enter the PKCS#11 module themselves, so a hung token
+//!   cannot hang them. A signing job also runs the caller's [`Check`] (software verification)
+//!   on the worker, so verification is spread over the pool and overlaps the other sessions'
+//!   signing.
 //!
 //! A supervisor thread owns the lifecycle. It abandons and replaces a worker whose call overran
 //! its deadline, and on a device fault (or a signature that failed verification) it tears the
@@ -17,7 +20,7 @@
 //! `C_Finalize` — and builds a new one with exponential backoff until the token is back. Callers
 //! get [`Error::Unavailable`] meanwhile. PIN errors stop it: they are never retried.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -30,7 +33,9 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Limit, Slot};
 
-use super::{Backend, BackendStats, Error, KeyInfo, P256_EC_PARAMS, PendingSignatures, Pin, Pkcs11Config};
+use super::{
+    Backend, BackendStats, Check, Error, KeyInfo, P256_EC_PARAMS, PendingSignatures, Pin, Pkcs11Config,
+};
 
 /// `C_Login` calls made by this process, over all backends and generations: the number a
 /// security officer wants to see after a PIN error (it must not climb by itself).
@@ -111,10 +116,8 @@ struct Generation {
     slot: Slot,
     pool_size: usize,
     keeper: Mutex<Option<Session>>,
-    sign_tx: flume::Sender<Job>,
-    sign_rx: flume::Receiver<Job>,
-    admin_tx: flume::Sender<Job>,
-    admin_rx: flume::Receiver<Job>,
+    sign_jobs: JobQueue,
+    admin_jobs: JobQueue,
     stopping: AtomicBool,
     gate: Mutex<Gate>,
     gate_cv: Condvar,
@@ -187,6 +190,53 @@ struct Job {
     /// How many PKCS#11 calls it may make (its time budget is that many timeouts).
     calls: u32,
     run: JobFn,
+}
+
+/// Jobs waiting for a worker. A worker takes a job only once it is running: a channel that hands
+/// a message straight to a parked receiver would leave the job with a worker that is woken but
+/// not yet scheduled (on a busy machine, for hundreds of µs) while another worker is free, and
+/// callers collect replies in order, so that one job would stall the whole pipeline.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Workers waiting on `ready`: no wake-up system call when none is.
+    idle: usize,
+}
+
+impl JobQueue {
+    fn push(&self, job: Job) {
+        let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        q.jobs.push_back(job);
+        let wake = q.idle > 0;
+        drop(q);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The oldest job, waiting at most `timeout` for one.
+    fn pop(&self, timeout: Duration) -> Option<Job> {
+        let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(job) = q.jobs.pop_front() {
+            return Some(job);
+        }
+        q.idle += 1;
+        let (mut q, _) = self.ready.wait_timeout(q, timeout).unwrap_or_else(|p| p.into_inner());
+        q.idle -= 1;
+        q.jobs.pop_front()
+    }
+
+    /// Drops every queued job: their callers see the reply channel close.
+    fn clear(&self) {
+        let jobs = std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).jobs);
+        drop(jobs);
+    }
 }
 
 /// A queued job's answer channel and the time by which its caller stops waiting.
@@ -305,15 +355,23 @@ impl Backend for Pkcs11Backend {
     }
 
     fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error> {
-        self.submit_digests(label, digests.to_vec()).wait()
+        let label = label.to_string();
+        let digests = digests.to_vec();
+        let calls = sign_calls(digests.len());
+        self.inner().call(Kind::Sign, "sign", calls, move |s, ctx| ctx.sign(s, &label, &digests))
     }
 
-    fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>) -> PendingSignatures {
+    fn submit_digests(&self, label: &str, digests: Vec<[u8; 32]>, check: Check) -> PendingSignatures {
         let label = label.to_string();
-        // C_SignInit plus two C_Sign per digest (cryptoki asks the length first).
-        let calls = u32::try_from(digests.len().saturating_mul(3).saturating_add(2)).unwrap_or(u32::MAX);
+        let calls = sign_calls(digests.len());
         let inner = self.inner();
-        match inner.submit(Kind::Sign, "sign", calls, move |s, ctx| ctx.sign(s, &label, &digests)) {
+        let submitted = inner.submit(Kind::Sign, "sign", calls, move |s, ctx| {
+            let raw = ctx.sign(s, &label, &digests)?;
+            // Verified here, on the worker, while the other sessions sign; a bad signature is
+            // a fault of this generation (not of whichever one is current when it is seen).
+            check.run(raw, |what| ctx.inner.report_fault(ctx.generation, what))
+        });
+        match submitted {
             Ok(reply) => {
                 let inner = inner.clone();
                 PendingSignatures::deferred(move || inner.wait(reply))
@@ -435,10 +493,11 @@ impl Inner {
             }),
         };
         let queue = match kind {
-            Kind::Sign => &generation.sign_tx,
-            Kind::Admin => &generation.admin_tx,
+            Kind::Sign => &generation.sign_jobs,
+            Kind::Admin => &generation.admin_jobs,
         };
-        if queue.send(job).is_err() || generation.stopping.load(Ordering::SeqCst) {
+        queue.push(job);
+        if generation.stopping.load(Ordering::SeqCst) {
             // Sent after the generation began stopping: its drain may have missed this job.
             return Err(self
                 .current()
@@ -607,18 +666,14 @@ impl Inner {
             }
         }
 
-        let (sign_tx, sign_rx) = flume::unbounded();
-        let (admin_tx, admin_rx) = flume::unbounded();
         let generation = Arc::new(Generation {
             id,
             pkcs11: pkcs11.clone(),
             slot,
             pool_size,
             keeper: Mutex::new(Some(keeper)),
-            sign_tx,
-            sign_rx,
-            admin_tx,
-            admin_rx,
+            sign_jobs: JobQueue::default(),
+            admin_jobs: JobQueue::default(),
             stopping: AtomicBool::new(false),
             gate: Mutex::new(Gate::default()),
             gate_cv: Condvar::new(),
@@ -660,8 +715,8 @@ impl Inner {
     /// asked. Workers stuck in a call past the deadline are abandoned.
     fn teardown(&self, generation: Arc<Generation>, finalize: bool) {
         generation.stopping.store(true, Ordering::SeqCst);
-        while generation.sign_rx.try_recv().is_ok() {}
-        while generation.admin_rx.try_recv().is_ok() {}
+        generation.sign_jobs.clear();
+        generation.admin_jobs.clear();
         let deadline = Instant::now() + self.op_timeout + Duration::from_millis(200);
         loop {
             let done = generation
@@ -675,8 +730,8 @@ impl Inner {
             std::thread::sleep(Duration::from_millis(5));
         }
         // Jobs sent between the first drain and the workers' exit.
-        while generation.sign_rx.try_recv().is_ok() {}
-        while generation.admin_rx.try_recv().is_ok() {}
+        generation.sign_jobs.clear();
+        generation.admin_jobs.clear();
         if let Some(keeper) = generation.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = keeper.close();
         }
@@ -875,27 +930,24 @@ fn worker_main(inner: Arc<Inner>, generation: Arc<Generation>, me: Arc<Worker>) 
         }
     };
     inner.counters.sessions_open.fetch_add(1, Ordering::Relaxed);
-    let rx = match me.kind {
-        Kind::Sign => generation.sign_rx.clone(),
-        Kind::Admin => generation.admin_rx.clone(),
+    let queue = match me.kind {
+        Kind::Sign => &generation.sign_jobs,
+        Kind::Admin => &generation.admin_jobs,
     };
     let ctx = Ctx { inner: &inner, generation: &generation };
     loop {
         if generation.stopping.load(Ordering::SeqCst) || me.abandoned.load(Ordering::SeqCst) {
             break;
         }
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(job) => {
-                let Some(_gate) = generation.enter() else {
-                    break;
-                };
-                let budget = inner.op_timeout.saturating_mul(job.calls.max(1));
-                me.deadline.store(inner.now_ns().saturating_add(nanos(budget)), Ordering::SeqCst);
-                (job.run)(&session, &ctx);
-                me.deadline.store(0, Ordering::SeqCst);
-            }
-            Err(flume::RecvTimeoutError::Timeout) => {}
-            Err(flume::RecvTimeoutError::Disconnected) => break,
+        // The timeout only bounds how late a worker notices `stopping` or its abandonment.
+        if let Some(job) = queue.pop(Duration::from_millis(50)) {
+            let Some(_gate) = generation.enter() else {
+                break;
+            };
+            let budget = inner.op_timeout.saturating_mul(job.calls.max(1));
+            me.deadline.store(inner.now_ns().saturating_add(nanos(budget)), Ordering::SeqCst);
+            (job.run)(&session, &ctx);
+            me.deadline.store(0, Ordering::SeqCst);
         }
     }
     inner.counters.sessions_open.fetch_sub(1, Ordering::Relaxed);
@@ -907,6 +959,12 @@ fn worker_main(inner: Arc<Inner>, generation: Arc<Generation>, me: Arc<Worker>) 
         }
         None => std::mem::forget(session),
     }
+}
+
+/// PKCS#11 calls a signing job makes: C_SignInit plus two C_Sign per digest (cryptoki asks the
+/// length first), plus a key look-up.
+fn sign_calls(digests: usize) -> u32 {
+    u32::try_from(digests.saturating_mul(3).saturating_add(2)).unwrap_or(u32::MAX)
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -1282,6 +1340,111 @@ mod tests {
         assert!(matches!(ck_error("login", &f(RvError::PinLocked)), Error::PinLocked));
         assert!(!is_fault(&f(RvError::PinIncorrect)));
         assert!(!ck_error("sign", &f(RvError::MechanismInvalid)).is_transient());
+    }
+
+    /// Runs `body` with the config of a fresh SoftHSM2 token, in a child process of this test
+    /// binary whose `SOFTHSM2_CONF` names it (SoftHSM reads it at `C_Initialize`, and setting a
+    /// variable in this process is `unsafe`).
+    fn with_softhsm_token(test: &str, body: impl FnOnce(Pkcs11Config)) {
+        const CHILD: &str = "HCERT_PKCS11_UNIT_TOKEN";
+        const MODULES: [&str; 3] = [
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+            "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        ];
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let module = MODULES.iter().find(|m| std::path::Path::new(m).exists()).expect("SoftHSM2 module");
+            let pin = std::path::PathBuf::from(dir).join("pin");
+            let mut cfg = Pkcs11Config::new(*module, "unit", super::super::PinSource::File(pin));
+            cfg.pool_size = Some(2);
+            cfg.op_timeout_ms = 3000;
+            cfg.reinit_backoff_ms = 50;
+            cfg.reinit_backoff_max_ms = 400;
+            return body(cfg);
+        }
+        assert!(
+            MODULES.iter().any(|m| std::path::Path::new(m).exists()),
+            "SoftHSM2 is not installed (apt-get install softhsm2 opensc)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = super::super::softhsm::init_token(dir.path(), "unit", "so-pin-5678", "user-pin-1234")
+            .expect("softhsm2-util --init-token");
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "user-pin-1234\n").expect("pin");
+        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+            .env("SOFTHSM2_CONF", conf)
+            .env(CHILD, dir.path())
+            .status()
+            .expect("re-run the test with SOFTHSM2_CONF set");
+        assert!(status.success(), "{test} failed in its token process ({status})");
+    }
+
+    fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The check now runs on the pool's workers: a signature that fails it must still never be
+    /// released, and must reset the generation that made it, after which signing resumes.
+    #[test]
+    fn a_signature_failing_its_check_on_a_worker_resets_the_pool() {
+        with_softhsm_token(
+            "hsm::pkcs11::tests::a_signature_failing_its_check_on_a_worker_resets_the_pool",
+            |cfg| {
+                use super::super::{Hsm, sha256};
+                let backend = Pkcs11Backend::open(&cfg).expect("open the token");
+                let hsm = Hsm::from_backend(backend.clone());
+                hsm.generate_key("unit-a").expect("generate");
+                let other = hsm.generate_key("unit-b").expect("generate");
+                let items: Vec<(Vec<u8>, [u8; 32])> =
+                    (0..64u8).map(|i| vec![i; 40]).map(|m| (m.clone(), sha256(&m))).collect();
+                assert_eq!(hsm.sign_many("unit-a", &items).expect("sign").len(), 64);
+
+                // Make the cached verifier of unit-a the key of unit-b: every signature now fails.
+                let wrong = hsm.inner.shared.verifiers.read().expect("cache").get("unit-a").cloned();
+                assert!(wrong.is_some());
+                hsm.sign("unit-b", b"warm", &sha256(b"warm")).expect("sign with unit-b");
+                let b = hsm.inner.shared.verifiers.read().expect("cache").get("unit-b").cloned();
+                hsm.inner
+                    .shared
+                    .verifiers
+                    .write()
+                    .expect("cache")
+                    .insert("unit-a".into(), b.expect("cached"));
+                let e = hsm.sign_many("unit-a", &items).expect_err("signatures checked with the wrong key");
+                assert!(matches!(e, Error::BadSignature { .. }), "{e:?}");
+                let stats = hsm.stats();
+                assert_eq!(stats.signatures, 65, "nothing of the failed batch released: {stats:?}");
+                assert!(stats.bad_signatures >= 1 && stats.backend.faults >= 1, "{stats:?}");
+                assert!(
+                    !hsm.inner.shared.verifiers.read().expect("cache").contains_key("unit-a"),
+                    "stale key kept"
+                );
+
+                // The generation is rebuilt and the right key is read again.
+                assert!(
+                    wait_for(|| backend.stats().available && backend.stats().reinits >= 1),
+                    "{:?}",
+                    hsm.stats()
+                );
+                let sigs = hsm.sign_many("unit-a", &items).expect("sign after the reset");
+                let vk = p256::ecdsa::VerifyingKey::from(&hsm.public_key("unit-a").expect("pk"));
+                for ((m, _), sig) in items.iter().zip(&sigs) {
+                    use p256::ecdsa::signature::Verifier;
+                    let sig = p256::ecdsa::Signature::from_slice(sig).expect("sig");
+                    assert!(vk.verify(m, &sig).is_ok());
+                }
+                assert_ne!(other.public_key, hsm.public_key("unit-a").expect("pk"));
+            },
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self { workers: cpus + 1, chunk_size: 64, idle_poll: Duration::from_millis(250) }
+        Self { workers: cpus + 1, chunk_size: 256, idle_poll: Duration::from_millis(250) }
     }
 }
 

@@ -346,7 +346,8 @@ fn readers_writers_and_purges_run_concurrently() {
                 let mut reads = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let before = store.batch("i", &id).unwrap().unwrap();
-                    let lines = store.results("i", &id).unwrap().unwrap().inspect(|l| assert!(l.is_ok())).count();
+                    let lines =
+                        store.results("i", &id).unwrap().unwrap().inspect(|l| assert!(l.is_ok())).count();
                     // Whatever the status showed was already visible in the results.
                     assert!(lines as u32 >= before.signed + before.rejected);
                     reads += 1;
