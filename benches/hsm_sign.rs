@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ParsedPublicKey};
 use criterion::Criterion;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use hcert_signer::hsm::pkcs11::Pkcs11Backend;
@@ -104,14 +104,7 @@ fn run(dir: PathBuf, args: &[String]) {
     let key = hsm.generate_key(LABEL).expect("generate key");
 
     // The raw side: a second handle on the same module (already initialised by the pool).
-    let raw = Pkcs11::new(module()).expect("load module");
-    let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = raw
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|s| raw.get_token_info(*s).map(|t| t.label() == TOKEN).unwrap_or(false))
-        .expect("bench token");
+    let (raw, slot) = hcert_signer::hsm::softhsm::raw_slot(&module(), TOKEN).expect("raw handle");
 
     // Messages the size of a COSE Sig_structure of a vaccination DCC, with their digests.
     let items: Arc<Vec<(Vec<u8>, [u8; 32])>> = Arc::new(

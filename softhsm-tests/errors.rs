@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{SO_PIN, TOKEN_LABEL, USER_PIN, module, wait_for, with_fresh_token, write_private};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use hcert_signer::hsm::pkcs11::login_attempts;
 use hcert_signer::hsm::{Error, Hsm, HsmConfig, PinSource, sha256};
@@ -43,14 +42,7 @@ fn pin_changed_on_token_stops_recovery_without_retrying() {
 
         // An officer changes the user PIN on the token; then the module is finalised behind the
         // pool's back, so its re-initialisation must log in again — with the old PIN.
-        let raw = Pkcs11::new(module()).expect("module");
-        let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = raw
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| raw.get_token_info(*s).map(|t| t.label() == TOKEN_LABEL).unwrap_or(false))
-            .expect("token");
+        let (raw, slot) = hcert_signer::hsm::softhsm::raw_slot(&module(), TOKEN_LABEL).expect("raw handle");
         {
             let s = raw.open_rw_session(slot).expect("rw session");
             let _ = s.login(UserType::User, Some(&USER_PIN.to_string().into()));

@@ -7,7 +7,6 @@ mod common;
 use std::process::Command;
 
 use common::{TOKEN_LABEL, USER_PIN, assert_valid, module, with_fresh_token};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use hcert_signer::hsm::sha256;
@@ -21,15 +20,8 @@ fn generated_key_is_sensitive_and_never_extractable() {
         let key = hsm.generate_key("dsc-1").expect("generate");
 
         // Look at the private key object with cryptoki directly, in a session of our own.
-        let raw = Pkcs11::new(module()).expect("load module");
-        // Already initialised by the Hsm in this process: that is fine.
-        let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = raw
-            .get_slots_with_token()
-            .expect("slots")
-            .into_iter()
-            .find(|s| raw.get_token_info(*s).map(|t| t.label() == TOKEN_LABEL).unwrap_or(false))
-            .expect("test token");
+        // Already initialised by the Hsm in this process: raw_slot accepts that.
+        let (raw, slot) = hcert_signer::hsm::softhsm::raw_slot(&module(), TOKEN_LABEL).expect("raw handle");
         {
             let session = raw.open_ro_session(slot).expect("session");
             // The Hsm's keeper session already logged the application in.

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
@@ -168,18 +167,11 @@ fn run(args: Args) -> Result<(), String> {
 /// The raw C_Sign rate of the dev token's DSC key: one session per thread, random digests.
 fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<f64, String> {
     let e = |e: cryptoki::error::Error| e.to_string();
-    let pkcs11 = Pkcs11::new(hcert_signer::hsm::softhsm::DEFAULT_MODULE).map_err(e)?;
-    pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(e)?;
-    let slot = pkcs11
-        .get_slots_with_token()
-        .map_err(e)?
-        .into_iter()
-        .find(|s| {
-            pkcs11
-                .get_token_info(*s)
-                .is_ok_and(|t| t.label() == hcert_signer::commands::dev_init::TOKEN_LABEL)
-        })
-        .ok_or("dev token not found")?;
+    let (pkcs11, slot) = hcert_signer::hsm::softhsm::raw_slot(
+        Path::new(hcert_signer::hsm::softhsm::DEFAULT_MODULE),
+        hcert_signer::commands::dev_init::TOKEN_LABEL,
+    )
+    .map_err(|e| e.to_string())?;
     let pin = std::fs::read_to_string(dir.join("hsm-pin")).map_err(|e| e.to_string())?;
     let login = pkcs11.open_ro_session(slot).map_err(e)?;
     login.login(UserType::User, Some(&AuthPin::new(pin.trim().into()))).map_err(e)?;

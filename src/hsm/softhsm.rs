@@ -86,6 +86,31 @@ pub fn init_token(dir: &Path, label: &str, so_pin: &str, user_pin: &str) -> Resu
     Ok(conf)
 }
 
+/// A second, raw cryptoki handle on `module` and the slot of the token labelled `token_label`,
+/// for tools and tests that must look at the token behind the pool's back (the bench's raw
+/// `C_Sign` rate, the load tool, attribute checks). `C_Initialize` may already have been called
+/// by an [`Hsm`](super::Hsm) in the same process; that is accepted.
+pub fn raw_slot(
+    module: &Path,
+    token_label: &str,
+) -> Result<(cryptoki::context::Pkcs11, cryptoki::slot::Slot), Error> {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let tool = |detail: String| Error::Tool { tool: "raw PKCS#11 handle", detail };
+    let raw = Pkcs11::new(module).map_err(|e| tool(format!("{}: {e}", module.display())))?;
+    match raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(tool(format!("C_Initialize: {e}"))),
+    }
+    let slot = raw
+        .get_slots_with_token()
+        .map_err(|e| tool(format!("C_GetSlotList: {e}")))?
+        .into_iter()
+        .find(|s| raw.get_token_info(*s).is_ok_and(|t| t.label() == token_label))
+        .ok_or_else(|| tool(format!("no token labelled {token_label:?}")))?;
+    Ok((raw, slot))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
