@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hcert_signer::client::{ApiClient, ClientTls};
+use hcert_signer::config::Config;
 use hcert_signer::hcert::dcc::arbitrary;
 use proptest::strategy::{Strategy, ValueTree};
 use serde_json::{Value, json};
@@ -30,15 +31,6 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
-fn config_addr(config: &str, key: &str) -> SocketAddr {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} = \"")).and_then(|r| r.strip_suffix('"')))
-        .unwrap_or_else(|| panic!("{key} in config.toml"))
-        .parse()
-        .expect("address")
-}
-
 impl Daemon {
     /// dev-init in a fresh directory (not started yet).
     pub fn init() -> Daemon {
@@ -46,15 +38,9 @@ impl Daemon {
         let out =
             Command::new(BIN).args(["dev-init", "--dir"]).arg(dir.path()).output().expect("run dev-init");
         assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let config = std::fs::read_to_string(dir.path().join("config.toml")).expect("config.toml");
+        let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
         let log = dir.path().join("daemon.log");
-        Daemon {
-            listen: config_addr(&config, "listen"),
-            ops: config_addr(&config, "metrics_listen"),
-            dir,
-            child: None,
-            log,
-        }
+        Daemon { listen: config.listen, ops: config.metrics_listen, dir, child: None, log }
     }
 
     /// dev-init and start, waiting until ready.

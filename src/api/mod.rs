@@ -81,8 +81,6 @@ pub struct Limits {
     pub max_sync_records: usize,
     /// Above this many queued records, `POST /v1/batches` answers 503.
     pub max_queued_records: u64,
-    /// Requests per second per client (burst: the same number).
-    pub rate_per_client: u32,
 }
 
 /// Everything the routes share.

@@ -103,15 +103,8 @@ fn run(args: Args) -> Result<(), String> {
             std::process::exit(status.code().unwrap_or(1));
         }
     };
-    let config = std::fs::read_to_string(dir.join("config.toml")).map_err(|e| e.to_string())?;
-    let addr = |key: &str| -> std::net::SocketAddr {
-        config
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} = \"")).and_then(|r| r.strip_suffix('"')))
-            .and_then(|a| a.parse().ok())
-            .expect("address in config.toml")
-    };
-    let (listen, ops) = (addr("listen"), addr("metrics_listen"));
+    let config = hcert_signer::config::Config::load(&dir.join("config.toml")).map_err(|e| e.to_string())?;
+    let (listen, ops) = (config.listen, config.metrics_listen);
 
     println!("hcert-load: setup in {}", dir.display());
     let window = Duration::from_secs_f64(args.raw_secs);

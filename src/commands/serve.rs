@@ -89,7 +89,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             max_batch_records: config.limits.max_batch_records,
             max_sync_records: config.limits.max_sync_records,
             max_queued_records: config.limits.max_queued_records,
-            rate_per_client: config.limits.requests_per_second,
         },
         public_url: config.public_url.clone().unwrap_or_else(|| format!("https://{}", config.listen)),
         readiness: Default::default(),
@@ -119,7 +118,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             config.metrics_listen,
             state.service.keyring.snapshot().len()
         );
-        wait_for_stop(&args.config, &tls_state, &state, &store).await;
+        let retention_secs = i64::from(config.store.retention_days) * 86_400;
+        wait_for_stop(&args.config, &tls_state, &state, &store, retention_secs).await;
         log::info!("stopping: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
         let _ = api_task.await;
@@ -161,6 +161,7 @@ async fn wait_for_stop(
     tls_state: &TlsState,
     state: &Arc<AppState>,
     store: &Store,
+    retention_secs: i64,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
@@ -176,9 +177,9 @@ async fn wait_for_stop(
             _ = int.recv() => return,
             _ = hup.recv() => reload(config_path, tls_state, state),
             _ = sweep.tick() => {
-                let (store, ttl) = (store.clone(), i64::from(Config::load(config_path).map(|c| c.store.retention_days).unwrap_or(7)) * 86_400);
+                let store = store.clone();
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                match tokio::task::spawn_blocking(move || store.purge_expired(now, ttl)).await {
+                match tokio::task::spawn_blocking(move || store.purge_expired(now, retention_secs)).await {
                     Ok(Ok(0)) | Err(_) => {}
                     Ok(Ok(n)) => log::warn!("retention: purged {n} batch(es) older than the retention period"),
                     Ok(Err(e)) => log::error!("retention: purge failed: {e}"),

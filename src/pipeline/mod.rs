@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use sign::{ChunkSigner, Input, SigningSettings};
+pub use sign::{ChunkSigner, SigningSettings};
 
 use crate::hsm::Hsm;
 use crate::keys::Keyring;
-use crate::store::{RecordKey, Store};
+use crate::store::{NewRecord, RecordKey, Store};
 
 /// Pipeline settings.
 #[derive(Debug, Clone)]
@@ -149,8 +149,8 @@ impl Worker {
                 let _ = self.rx.recv_timeout(self.config.idle_poll);
                 continue;
             }
-            let inputs: Vec<Input<'_>> =
-                items.iter().map(|w| Input { r#ref: &w.r#ref, dcc_json: &w.dcc_json }).collect();
+            let inputs: Vec<NewRecord<'_>> =
+                items.iter().map(|w| NewRecord { r#ref: &w.r#ref, dcc_json: &w.dcc_json }).collect();
             let keys: Vec<RecordKey> = items.iter().map(|w| w.key).collect();
             match self.signer.sign_chunk(&inputs, now()) {
                 Ok(results) => match self.store.commit(keys.iter().copied().zip(results).collect()) {

@@ -13,16 +13,7 @@ use crate::hcert::uvci::UvciGenerator;
 use crate::hcert::validate::Policy;
 use crate::hsm::{self, Hsm};
 use crate::keys::{self, ActiveKey, Keyring};
-use crate::store::{RecordError, RecordResult};
-
-/// One record to sign: the issuer's reference and the DCC JSON as it arrived.
-#[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
-    /// The issuer's reference for the record.
-    pub r#ref: &'a str,
-    /// The DCC, JSON text.
-    pub dcc_json: &'a [u8],
-}
+use crate::store::{NewRecord, RecordError, RecordResult};
 
 /// The fixed settings of signing.
 #[derive(Debug, Clone)]
@@ -67,7 +58,11 @@ impl ChunkSigner {
 
     /// Signs `inputs` at time `now`, returning one result per input in order. `Err` means the
     /// HSM could not sign (an outage): nothing was released and the chunk should be retried.
-    pub fn sign_chunk(&mut self, inputs: &[Input<'_>], now: i64) -> Result<Vec<RecordResult>, hsm::Error> {
+    pub fn sign_chunk(
+        &mut self,
+        inputs: &[NewRecord<'_>],
+        now: i64,
+    ) -> Result<Vec<RecordResult>, hsm::Error> {
         let policy = self.settings.policy.clone().with_now(
             time::OffsetDateTime::from_unix_timestamp(now)
                 .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
@@ -101,10 +96,7 @@ impl ChunkSigner {
         for (p, sig) in pending.into_iter().zip(signatures) {
             let input = &inputs[p.index];
             let kid = p.key.dsc.kid;
-            let encoder = self
-                .encoders
-                .entry(kid)
-                .or_insert_with(|| Encoder::new(&self.settings.country, p.key.header.clone()));
+            let encoder = self.encoder(&p.key);
             let result = match sig.map(|s| encoder.finish(p.prepared, &s)) {
                 Some(Ok(hc1)) => RecordResult::Signed {
                     r#ref: input.r#ref.to_owned(),
@@ -126,10 +118,17 @@ impl ChunkSigner {
             .collect())
     }
 
+    /// The encoder of a DSC, made on first use and kept for its buffers and header.
+    fn encoder(&mut self, key: &ActiveKey) -> &mut Encoder {
+        self.encoders
+            .entry(key.dsc.kid)
+            .or_insert_with(|| Encoder::new(&self.settings.country, key.header.clone()))
+    }
+
     /// Validation up to the digest, or the record's rejection.
     fn prepare(
         &mut self,
-        input: &Input<'_>,
+        input: &NewRecord<'_>,
         policy: &Policy,
         keys: &[ActiveKey],
         now: i64,
@@ -149,11 +148,7 @@ impl ChunkSigner {
         if exp <= iat {
             return Err(rejected(input.r#ref, "no_key", "the DSC expires now: rotate it".into()));
         }
-        let kid = key.dsc.kid;
-        let encoder = self
-            .encoders
-            .entry(kid)
-            .or_insert_with(|| Encoder::new(&self.settings.country, key.header.clone()));
+        let encoder = self.encoder(&key);
         let prepared =
             encoder.prepare(&dcc, iat, exp).map_err(|e| rejected(input.r#ref, "encoding", e.to_string()))?;
         Ok(Pending { index: 0, key, uvci, iat, exp, prepared })

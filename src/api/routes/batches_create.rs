@@ -7,7 +7,7 @@ use http::{Request, Response, StatusCode, header};
 
 use super::{blocking, parse_batch, read_json};
 use crate::api::{ApiError, AppState, Body, Client, json};
-use crate::store::{NewRecord, StoreError};
+use crate::store::StoreError;
 
 /// Stores the batch and wakes the pipeline. 202 only once the batch is flushed to disk.
 pub async fn handle<B>(state: &Arc<AppState>, client: &Arc<Client>, req: Request<B>) -> Response<Body>
@@ -45,11 +45,7 @@ where
     // Parsing megabytes of JSON and the fsync both block: keep them off the reactor.
     let submitted = blocking(move || {
         let req = parse_batch(&body, st.limits.max_batch_records)?;
-        let records: Vec<NewRecord<'_>> = req
-            .records
-            .iter()
-            .map(|r| NewRecord { r#ref: &r.r#ref, dcc_json: r.dcc.get().as_bytes() })
-            .collect();
+        let records = req.new_records();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         st.store.submit(&issuer, req.idempotency_key.as_deref(), &records, now).map_err(store_error)
     })

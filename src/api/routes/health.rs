@@ -51,18 +51,16 @@ fn check(state: &AppState) -> Vec<String> {
         problems.push(format!("store: {e}"));
     }
     let keys = state.service.keyring.snapshot();
-    let mut labels: Vec<&str> = Vec::new();
+    // Test-sign once with each key that would sign some certificate type now.
+    let mut labels: Vec<String> = Vec::new();
     for kind in [CertificateType::Vaccination, CertificateType::Test, CertificateType::Recovery] {
         match crate::keys::select(&keys, kind, now) {
-            Ok(k) => {
-                if !labels.contains(&k.label.as_str()) {
-                    labels.push(keys.iter().find(|x| x.label == k.label).map_or("", |x| x.label.as_str()));
-                }
-            }
+            Ok(k) if !labels.contains(&k.label) => labels.push(k.label),
+            Ok(_) => {}
             Err(e) => problems.push(format!("keys: {e}")),
         }
     }
-    for label in labels {
+    for label in &labels {
         if let Err(e) = state.service.hsm.check_key(label) {
             problems.push(format!("hsm: test signature with {label:?} failed: {e}"));
         }

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::ApiError;
+use crate::store::NewRecord;
 
 /// One record of a request: the issuer's reference and the DCC, kept as raw JSON text (the
 /// pipeline validates it field by field and reports per record).
@@ -44,6 +45,13 @@ pub struct BatchRequest<'a> {
     /// Makes a retried submission return the first one's batch.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+impl BatchRequest<'_> {
+    /// The records as the store and the signer take them.
+    pub fn new_records(&self) -> Vec<NewRecord<'_>> {
+        self.records.iter().map(|r| NewRecord { r#ref: &r.r#ref, dcc_json: r.dcc.get().as_bytes() }).collect()
+    }
 }
 
 /// Longest `ref` accepted.

@@ -7,7 +7,6 @@ use http::{Request, Response, StatusCode};
 
 use super::{blocking, parse_batch, read_json};
 use crate::api::{ApiError, AppState, Body, json};
-use crate::pipeline::Input;
 
 /// Signs the records now and returns `{"results":[…]}` in request order.
 pub async fn handle<B>(state: &Arc<AppState>, req: Request<B>) -> Response<Body>
@@ -29,8 +28,7 @@ where
                 "idempotency_key belongs to POST /v1/batches; /v1/sign keeps nothing",
             ));
         }
-        let inputs: Vec<Input<'_>> =
-            req.records.iter().map(|r| Input { r#ref: &r.r#ref, dcc_json: r.dcc.get().as_bytes() }).collect();
+        let inputs = req.new_records();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         st.service.signer().sign_chunk(&inputs, now).map_err(|e| {
             log::warn!("hsm: synchronous signing failed: {e}");
