@@ -130,10 +130,31 @@ impl ApiClient {
         }
     }
 
+    /// Sends a body of another type (a PEM certificate) and reads the whole response.
+    pub async fn request_typed(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) -> Result<Reply> {
+        self.send_typed(method, path, Some(content_type), Bytes::from(body)).await
+    }
+
     async fn send(&mut self, method: Method, path: &str, is_json: bool, body: Bytes) -> Result<Reply> {
+        self.send_typed(method, path, is_json.then_some("application/json"), body).await
+    }
+
+    async fn send_typed(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&'static str>,
+        body: Bytes,
+    ) -> Result<Reply> {
         let mut req = Request::builder().method(method).uri(path).header(header::HOST, &self.host);
-        if is_json {
-            req = req.header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
         }
         let req = req.body(Full::new(body)).map_err(|e| Error::Io(std::io::Error::other(e)))?;
         self.sender.ready().await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -156,5 +177,49 @@ impl ApiClient {
     /// DELETE.
     pub async fn delete(&mut self, path: &str) -> Result<Reply> {
         self.request(Method::DELETE, path, None).await
+    }
+}
+
+/// An officer's (or any client's) connection profile, a small TOML file that `dev-init` writes
+/// per officer: where the appliance is and which certificate to present.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The API address, `HOST:PORT`.
+    pub address: SocketAddr,
+    /// The name the server certificate must carry (default `localhost`).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// The CA that signed the server certificate, PEM.
+    pub ca: std::path::PathBuf,
+    /// This client's certificate, PEM.
+    pub cert: std::path::PathBuf,
+    /// This client's private key, PEM.
+    pub key: std::path::PathBuf,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+
+impl Profile {
+    /// Reads a profile; relative paths are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Profile> {
+        let text = std::fs::read_to_string(path).map_err(Error::file(path))?;
+        let mut p: Profile =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for f in [&mut p.ca, &mut p.cert, &mut p.key] {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        Ok(p)
+    }
+
+    /// Connects with this profile's identity.
+    pub async fn connect(&self) -> Result<ApiClient> {
+        let tls = ClientTls::from_files(&self.ca, &self.cert, &self.key)?;
+        ApiClient::connect(self.address, &self.server_name, &tls).await
     }
 }

@@ -55,6 +55,12 @@ pub struct Config {
     /// Pipeline settings.
     #[serde(default)]
     pub pipeline: PipelineSettings,
+    /// Key governance.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Limits on what callers may send.
@@ -132,9 +138,65 @@ pub struct SigningConfig {
     /// A directory of EU value-set JSON files that extend or update the embedded ones.
     #[serde(default)]
     pub value_sets_dir: Option<PathBuf>,
-    /// Document Signer keys that sign: the HSM label of each and its DSC certificate.
+    /// When `iat` + validity would pass the DSC's notAfter: `cap` (default) shortens the
+    /// certificate to end with the DSC, `reject` refuses the record (`dsc_expiring`).
+    #[serde(default)]
+    pub exp_beyond_dsc: ExpBeyondDsc,
+    /// Keys activated by the configuration file at first start (the outcome of a key ceremony
+    /// held before the daemon ran, or dev-init): the HSM label of each and its DSC certificate.
+    /// Later rotations go through the admin API (`hcert-signer keys`), which the store remembers.
     #[serde(default, rename = "dsc")]
     pub dscs: Vec<DscConfig>,
+    /// The key that signs gateway uploads (CMS), if this appliance prepares them.
+    #[serde(default)]
+    pub upload: Option<DscConfig>,
+}
+
+/// What to do when a certificate would outlive its DSC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpBeyondDsc {
+    /// `exp` = the DSC's notAfter.
+    #[default]
+    Cap,
+    /// The record is rejected.
+    Reject,
+}
+
+/// Security officers' key governance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Hours an officer's approval stays valid (default 24).
+    pub approval_hours: u32,
+    /// Default private-key usage period in days from the DSC's notBefore (default 182: EU
+    /// governance, six months); a key may be given its own at import.
+    pub usage_days: u32,
+    /// Readiness fails when no active key's usage period has more than this many hours left
+    /// (default 0: only when none can sign).
+    pub readiness_horizon_hours: u32,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { approval_hours: 24, usage_days: 182, readiness_horizon_hours: 0 }
+    }
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// HSM label of the key that signs checkpoints (generated at first start if missing).
+    pub key_label: String,
+    /// Seconds between checkpoints while entries are being added (default 60).
+    pub checkpoint_secs: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { key_label: "hcert-audit".into(), checkpoint_secs: 60 }
+    }
 }
 
 fn default_validity_days() -> u32 {
@@ -147,7 +209,9 @@ impl Default for SigningConfig {
             validity_days: default_validity_days(),
             uvci_issuer: None,
             value_sets_dir: None,
+            exp_beyond_dsc: ExpBeyondDsc::Cap,
             dscs: Vec::new(),
+            upload: None,
         }
     }
 }
@@ -221,6 +285,9 @@ impl Config {
         fix(&mut self.tls.key);
         self.tls.client_ca.iter_mut().for_each(fix);
         self.signing.dscs.iter_mut().for_each(|d| fix(&mut d.certificate));
+        if let Some(u) = self.signing.upload.as_mut() {
+            fix(&mut u.certificate);
+        }
         if let Some(p) = self.signing.value_sets_dir.as_mut() {
             fix(p);
         }
@@ -251,6 +318,12 @@ impl Config {
         }
         if self.limits.max_batch_records == 0 || self.limits.max_sync_records == 0 {
             return bad("limits: max_batch_records and max_sync_records must be at least 1".into());
+        }
+        if self.keys.approval_hours == 0 || !(1..=730).contains(&self.keys.usage_days) {
+            return bad("keys: approval_hours must be at least 1 and usage_days within 1–730".into());
+        }
+        if self.audit.checkpoint_secs == 0 {
+            return bad("audit.checkpoint_secs must be at least 1".into());
         }
         if self.store.retention_days == 0 {
             return bad("store.retention_days must be at least 1".into());

@@ -25,6 +25,16 @@ pub enum Error {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The appliance refused an API request (status, code and its message).
+    #[error("the appliance refused ({status} {code}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The stable error code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// Other I/O (stdin, stdout, sockets).
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod commands;
 pub mod config;

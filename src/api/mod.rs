@@ -15,6 +15,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 use crate::config::{ClientConfig, Config, Role};
+use crate::keys::audit_key::AuditSigner;
+use crate::keys::lifecycle::Lifecycle;
 use crate::pipeline::{SigningService, Waker};
 use crate::store::Store;
 
@@ -102,6 +104,21 @@ pub struct AppState {
     pub readiness: routes::health::Readiness,
     /// Per-client request rate.
     pub rate: routes::RateLimiter,
+    /// The Document Signer keys' lifecycle (admin routes, trust list).
+    pub keys: Arc<Lifecycle>,
+    /// The audit key (its public half is served to officers).
+    pub audit: AuditSigner,
+    /// The key that signs gateway uploads, if configured.
+    pub upload: Option<Arc<UploadKey>>,
+}
+
+/// The country's gateway upload key: its HSM label and its certificate.
+#[derive(Debug, Clone)]
+pub struct UploadKey {
+    /// HSM label.
+    pub label: String,
+    /// The upload certificate, DER.
+    pub certificate_der: Vec<u8>,
 }
 
 /// A refused request: status, a stable code, a message, and when to retry.
@@ -188,6 +205,11 @@ where
     {
         return error(StatusCode::FORBIDDEN, "forbidden", "this client does not have the issue role");
     }
+    if matches!(segments.as_slice(), ["v1", "keys", ..] | ["v1", "audit", ..] | ["v1", "revocations"])
+        && !client.roles.contains(&Role::Officer)
+    {
+        return error(StatusCode::FORBIDDEN, "forbidden", "this client does not have the officer role");
+    }
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "batches"]) => routes::batches_create::handle(&state, &client, req).await,
         (&Method::GET, ["v1", "batches", id]) => routes::batch_status::handle(&state, &client, id).await,
@@ -195,15 +217,40 @@ where
             routes::batch_results::handle(&state, &client, id).await
         }
         (&Method::DELETE, ["v1", "batches", id]) => routes::batch_delete::handle(&state, &client, id).await,
-        (&Method::POST, ["v1", "sign"]) => routes::sign::handle(&state, req).await,
-        (&Method::GET, ["v1", "trust-list"]) => routes::trust_list::handle(&state),
+        (&Method::POST, ["v1", "sign"]) => routes::sign::handle(&state, &client, req).await,
+        (&Method::GET, ["v1", "trust-list"]) => routes::trust_list::handle(&state).await,
+        (&Method::GET, ["v1", "keys"]) => routes::keys_list::handle(&state).await,
+        (&Method::POST, ["v1", "keys"]) => routes::keys_create::handle(&state, &client, req).await,
+        (&Method::POST, ["v1", "keys", label, "csr"]) => {
+            routes::key_csr::handle(&state, &client, label, req).await
+        }
+        (&Method::PUT, ["v1", "keys", label, "certificate"]) => {
+            routes::key_certificate::handle(&state, &client, label, req).await
+        }
+        (&Method::POST, ["v1", "keys", label, "approve"]) => {
+            routes::key_approve::handle(&state, &client, label).await
+        }
+        (&Method::POST, ["v1", "keys", label, "retire"]) => {
+            routes::key_retire::handle(&state, &client, label).await
+        }
+        (&Method::POST, ["v1", "keys", label, "upload"]) => {
+            routes::key_upload::handle(&state, &client, label).await
+        }
+        (&Method::POST, ["v1", "revocations"]) => routes::revocations::handle(&state, &client, req).await,
+        (&Method::GET, ["v1", "audit"]) => routes::audit_log::handle(&state, req.uri().query()).await,
+        (&Method::GET, ["v1", "audit", "key"]) => routes::audit_log::key(&state),
         (
             _,
             ["v1", "batches"]
             | ["v1", "batches", _]
             | ["v1", "batches", _, "results"]
             | ["v1", "sign"]
-            | ["v1", "trust-list"],
+            | ["v1", "trust-list"]
+            | ["v1", "keys"]
+            | ["v1", "keys", _, "csr" | "certificate" | "approve" | "retire" | "upload"]
+            | ["v1", "audit"]
+            | ["v1", "audit", "key"]
+            | ["v1", "revocations"],
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -222,6 +269,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/batches/{id}/results"),
     ("POST", "/v1/sign"),
     ("GET", "/v1/trust-list"),
+    ("GET", "/v1/keys"),
+    ("POST", "/v1/keys"),
+    ("POST", "/v1/keys/{label}/csr"),
+    ("PUT", "/v1/keys/{label}/certificate"),
+    ("POST", "/v1/keys/{label}/approve"),
+    ("POST", "/v1/keys/{label}/retire"),
+    ("POST", "/v1/keys/{label}/upload"),
+    ("POST", "/v1/revocations"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/key"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ];

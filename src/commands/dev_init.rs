@@ -23,6 +23,8 @@ use crate::{Error, Result};
 pub const TOKEN_LABEL: &str = "hcert-dev";
 /// HSM label of the development DSC key.
 pub const DSC_LABEL: &str = "dsc-dev-1";
+/// HSM label of the development gateway upload key.
+pub const UPLOAD_LABEL: &str = "upload-dev";
 /// The TLS clients dev-init makes: name, roles (as written in config.toml).
 pub const CLIENTS: &[(&str, &str)] = &[
     ("issuer", r#"["issue"]"#),
@@ -95,6 +97,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     trust.insert(dsc.clone());
     write_file(&dir.join("trust-list.json"), &trust.to_json())?;
 
+    // The gateway upload key (signs CMS upload messages), certified by the same development CA
+    // here; a real one is registered with the EU gateway.
+    hsm.generate_key(UPLOAD_LABEL)?;
+    let upload_csr = pki::csr::build_csr(
+        &hsm,
+        UPLOAD_LABEL,
+        &format!("C={country},O=Ministry of Health (development),CN=UPLOAD {country} DEV"),
+    )?;
+    let upload_pem =
+        csca.certify_dsc(&upload_csr, now - Duration::hours(1), now + Duration::days(730), None)?;
+    let upload_path = dir.join("dsc").join(format!("{UPLOAD_LABEL}.pem"));
+    write_file(&upload_path, &upload_pem)?;
+
     // TLS: one CA for the server and every client.
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).map_err(Error::file(&tls))?;
@@ -118,12 +133,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(a) => a,
         None => free_port()?,
     };
-    let config = config_toml(&dir, &args.module, country, listen, metrics_listen, &dsc_path);
+    let config = config_toml(&dir, &args.module, country, listen, metrics_listen, &dsc_path, &upload_path);
     write_file(&dir.join("config.toml"), &config)?;
+    for (name, roles) in CLIENTS {
+        if roles.contains("officer") {
+            write_file(&dir.join(format!("{name}.toml")), &profile_toml(&dir, name, listen))?;
+        }
+    }
 
     println!("dev-init: development setup in {}", dir.display());
     println!("  token {TOKEN_LABEL:?} ({}), DSC key {DSC_LABEL:?}, kid {}", conf.display(), b64(&dsc.kid));
     println!("  config  {}", dir.join("config.toml").display());
+    println!(
+        "  officer profiles {0}/officer1.toml, {0}/officer2.toml (hcert-signer keys --profile …)",
+        dir.display()
+    );
     println!("  API https://{listen}  metrics http://{metrics_listen}/metrics");
     println!("  run with SOFTHSM2_CONF={} (the daemon sets it itself from config.toml)", conf.display());
     Ok(ExitCode::SUCCESS)
@@ -192,6 +216,7 @@ fn config_toml(
     listen: SocketAddr,
     metrics: SocketAddr,
     dsc: &Path,
+    upload: &Path,
 ) -> String {
     let d = |p: &str| dir.join(p).display().to_string();
     let mut s = format!(
@@ -214,9 +239,14 @@ SOFTHSM2_CONF = "{conf}"
 [signing]
 validity_days = 365
 
+# Activated at first start (bootstrap); later rotations go through `hcert-signer keys`.
 [[signing.dsc]]
 label = "{DSC_LABEL}"
 certificate = "{dsc}"
+
+[signing.upload]
+label = "{UPLOAD_LABEL}"
+certificate = "{upload}"
 
 [tls]
 cert = "{cert}"
@@ -228,6 +258,7 @@ client_ca = ["{ca}"]
         pin = d("hsm-pin"),
         conf = d("softhsm2.conf"),
         dsc = dsc.display(),
+        upload = upload.display(),
         cert = d("tls/server.pem"),
         key = d("tls/server.key"),
         ca = d("tls/ca.pem"),
@@ -236,4 +267,16 @@ client_ca = ["{ca}"]
         let _ = write!(s, "\n[[client]]\nname = \"{name}\"\nroles = {roles}\n");
     }
     s
+}
+
+/// An officer's profile for `hcert-signer keys --profile`.
+fn profile_toml(dir: &Path, name: &str, listen: SocketAddr) -> String {
+    let d = |p: &str| dir.join(p).display().to_string();
+    format!(
+        "# {name}'s profile for `hcert-signer keys` and `hcert-signer audit`, written by dev-init.\n\
+         address = \"{listen}\"\nserver_name = \"localhost\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+        ca = d("tls/ca.pem"),
+        cert = d(&format!("tls/{name}.pem")),
+        key = d(&format!("tls/{name}.key")),
+    )
 }

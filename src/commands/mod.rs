@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+pub mod audit;
 pub mod dev_init;
+pub mod keys;
 pub mod qr;
 pub mod serve;
 pub mod verify;
@@ -20,6 +22,10 @@ pub enum Command {
     Verify(verify::Args),
     /// Render an HC1 string as a QR code (PNG or SVG).
     Qr(qr::Args),
+    /// Security officers: manage Document Signer keys through the admin API.
+    Keys(keys::Args),
+    /// Check the audit log; export revocation entries.
+    Audit(audit::Args),
 }
 
 /// Runs a subcommand; the exit code says whether it succeeded in its own terms.
@@ -29,6 +35,8 @@ pub fn run(command: Command) -> crate::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Qr(args) => qr::run(args),
+        Command::Keys(args) => keys::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }
 

@@ -7,19 +7,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::watch;
 
 use crate::api::routes::RateLimiter;
 use crate::api::tls::{self, TlsState};
-use crate::api::{AppState, Clients, Limits};
+use crate::api::{AppState, Clients, Limits, UploadKey};
+use crate::audit::Event;
 use crate::config::Config;
 use crate::hcert::uvci::UvciGenerator;
 use crate::hcert::validate::Policy;
 use crate::hcert::valuesets::ValueSets;
 use crate::hsm::Hsm;
-use crate::keys::{ActiveKey, Keyring};
+use crate::keys::Keyring;
+use crate::keys::audit_key::AuditSigner;
+use crate::keys::lifecycle::{KeyError, KeyPolicy, Lifecycle};
 use crate::pipeline::{Pipeline, PipelineConfig, SigningService, SigningSettings};
-use crate::pki::{self, Dsc};
+use crate::pki;
 use crate::store::{Store, StoreOptions};
 use crate::{Error, Result};
 
@@ -43,14 +47,34 @@ pub fn run(args: Args) -> Result<ExitCode> {
     crate::logging::init(&config.log_level);
 
     let hsm = Hsm::open(&config.hsm)?;
-    let keyring = Keyring::new(load_keys(&config, &hsm)?);
-    // The store owns its folder; the state directory may hold other things (the audit export…).
+    // The store owns its folder; the state directory also holds the audit key's public half.
     let store_dir = config.state_dir.join("store");
     let store = Store::open(
         &store_dir,
         StoreOptions { cache_capacity: config.store.cache_mb << 20, ..StoreOptions::default() },
     )
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
+    let audit = AuditSigner::ensure(&hsm, &config.audit.key_label)?;
+    let audit_pem = config.state_dir.join(AUDIT_KEY_FILE);
+    std::fs::write(&audit_pem, audit.public_pem()).map_err(Error::file(&audit_pem))?;
+    store
+        .audit_append(vec![Event::Started {
+            audit_key: audit.label().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }])
+        .map_err(|e| Error::Config(format!("audit log: {e}")))?;
+    let keys = Arc::new(open_keys(&config, &hsm, &store)?);
+    let keyring = keys.keyring().clone();
+    let upload = match &config.signing.upload {
+        Some(u) => {
+            let pem = std::fs::read(&u.certificate).map_err(Error::file(&u.certificate))?;
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
+                .map_err(|e| Error::Config(format!("{}: {e}", u.certificate.display())))?;
+            pki::csr::check_certificate_key(&hsm, &u.label, &der)?;
+            Some(Arc::new(UploadKey { label: u.label.clone(), certificate_der: der.to_vec() }))
+        }
+        None => None,
+    };
 
     let value_sets = match &config.signing.value_sets_dir {
         Some(dir) => Arc::new(ValueSets::with_overrides(dir).map_err(|e| Error::Config(e.to_string()))?),
@@ -63,6 +87,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let settings = SigningSettings {
         country: config.country.clone(),
         validity_secs: i64::from(config.signing.validity_days) * 86_400,
+        exp_beyond_dsc: config.signing.exp_beyond_dsc,
         uvci,
         policy: Policy::new(value_sets, time::OffsetDateTime::now_utc()),
     };
@@ -93,6 +118,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         public_url: config.public_url.clone().unwrap_or_else(|| format!("https://{}", config.listen)),
         readiness: Default::default(),
         rate: RateLimiter::new(config.limits.requests_per_second),
+        keys,
+        audit: audit.clone(),
+        upload,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("api").build()?;
@@ -119,7 +147,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             state.service.keyring.snapshot().len()
         );
         let retention_secs = i64::from(config.store.retention_days) * 86_400;
-        wait_for_stop(&args.config, &tls_state, &state, &store, retention_secs).await;
+        let checkpoints = Duration::from_secs(u64::from(config.audit.checkpoint_secs));
+        wait_for_stop(&args.config, &tls_state, &state, &store, retention_secs, checkpoints).await;
         log::info!("stopping: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
         let _ = api_task.await;
@@ -128,30 +157,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })?;
     // Workers finish (commit or release) the chunk they hold; then everything is on disk.
     pipeline.shutdown();
+    if let Err(e) = audit.checkpoint(&store) {
+        log::error!("audit: final checkpoint failed: {e}");
+    }
     store.flush().map_err(|e| Error::Config(format!("store flush: {e}")))?;
     log::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads the DSCs named in the configuration and checks each against its HSM key.
-fn load_keys(config: &Config, hsm: &Hsm) -> Result<Vec<ActiveKey>> {
-    let mut keys = Vec::new();
+/// Where the daemon writes the audit key's public half, for `hcert-signer audit verify`.
+pub const AUDIT_KEY_FILE: &str = "audit-key.pem";
+
+/// The key lifecycle over the store, with the configuration's DSCs bootstrapped (activated at
+/// first start; afterwards the store's state wins).
+fn open_keys(config: &Config, hsm: &Hsm, store: &Store) -> Result<Lifecycle> {
+    let policy = KeyPolicy {
+        country: config.country.clone(),
+        approval_ttl_secs: i64::from(config.keys.approval_hours) * 3600,
+        usage_days: config.keys.usage_days,
+        approvals_needed: 2,
+    };
+    let keys = Lifecycle::load(store.clone(), hsm.clone(), Keyring::default(), policy).map_err(key_error)?;
     for d in &config.signing.dscs {
         let pem = std::fs::read_to_string(&d.certificate).map_err(Error::file(&d.certificate))?;
-        let dsc = Dsc::from_pem(&pem)?;
-        pki::csr::check_certificate_key(hsm, &d.label, &dsc.der)?;
-        if dsc.country.as_deref() != Some(config.country.as_str()) {
-            return Err(Error::Config(format!(
-                "{}: the DSC's country {:?} is not {:?}",
-                d.certificate.display(),
-                dsc.country,
-                config.country
-            )));
-        }
-        let activated = dsc.not_before;
-        keys.push(ActiveKey::new(&d.label, dsc, activated));
+        keys.bootstrap(&d.label, &pem, "config")
+            .map_err(|e| Error::Config(format!("{}: {}", d.certificate.display(), key_error(e))))?;
     }
     Ok(keys)
+}
+
+fn key_error(e: KeyError) -> Error {
+    match e {
+        KeyError::Hsm(e) => Error::Hsm(e),
+        e => Error::Config(format!("keys: {e}")),
+    }
 }
 
 /// Waits for SIGTERM/SIGINT, reloading TLS and clients on SIGHUP and purging expired batches
@@ -162,6 +201,7 @@ async fn wait_for_stop(
     state: &Arc<AppState>,
     store: &Store,
     retention_secs: i64,
+    checkpoints: Duration,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
@@ -171,11 +211,18 @@ async fn wait_for_stop(
         return;
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(300));
+    let mut checkpoint = tokio::time::interval_at(tokio::time::Instant::now() + checkpoints, checkpoints);
     loop {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => reload(config_path, tls_state, state),
+            _ = checkpoint.tick() => {
+                let (audit, store) = (state.audit.clone(), store.clone());
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || audit.checkpoint(&store)).await {
+                    log::error!("audit: checkpoint failed: {e}");
+                }
+            }
             _ = sweep.tick() => {
                 let store = store.clone();
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();

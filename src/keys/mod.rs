@@ -5,6 +5,9 @@
 //! now, the one activated most recently. The set is swapped whole, so rotation takes effect for
 //! the next record without a restart and without touching records in flight.
 
+pub mod audit_key;
+pub mod lifecycle;
+
 use std::sync::{Arc, RwLock};
 
 use crate::hcert::CertificateType;
@@ -23,7 +26,8 @@ pub struct ActiveKey {
     pub dsc: Arc<Dsc>,
     /// The COSE protected header, built once.
     pub header: KeyHeader,
-    /// When it was activated (seconds); the most recent wins.
+    /// When it was activated (any monotonic unit — the lifecycle uses Unix milliseconds); the
+    /// most recent wins.
     pub activated_at: i64,
     /// End of the private-key usage period (seconds): no signature after this.
     pub usage_end: i64,
@@ -32,7 +36,13 @@ pub struct ActiveKey {
 impl ActiveKey {
     /// A key with the default usage period (six months from notBefore, never past notAfter).
     pub fn new(label: &str, dsc: Dsc, activated_at: i64) -> ActiveKey {
-        let usage_end = dsc.not_before.saturating_add(DEFAULT_USAGE_SECS).min(dsc.not_after);
+        Self::with_usage(label, dsc, activated_at, DEFAULT_USAGE_SECS)
+    }
+
+    /// A key whose private-key usage period lasts `usage_secs` from notBefore (never past
+    /// notAfter).
+    pub fn with_usage(label: &str, dsc: Dsc, activated_at: i64, usage_secs: i64) -> ActiveKey {
+        let usage_end = lifecycle::usage_end(&dsc, usage_secs);
         ActiveKey {
             label: label.to_owned(),
             header: KeyHeader::es256(dsc.kid),
@@ -74,11 +84,6 @@ impl Keyring {
     pub fn snapshot(&self) -> Arc<Vec<ActiveKey>> {
         // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is whole.
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Every key in service (what the trust list publishes while it is valid).
-    pub fn all(&self) -> Arc<Vec<ActiveKey>> {
-        self.snapshot()
     }
 
     /// Replaces the set of active keys.

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use sign::{ChunkSigner, SigningSettings};
+pub use sign::{ChunkSigner, Signed, SigningSettings};
 
 use crate::hsm::Hsm;
 use crate::keys::Keyring;
-use crate::store::{NewRecord, RecordKey, Store};
+use crate::store::{NewRecord, Outcome, RecordKey, Store};
 
 /// Pipeline settings.
 #[derive(Debug, Clone)]
@@ -153,7 +153,12 @@ impl Worker {
                 items.iter().map(|w| NewRecord { r#ref: &w.r#ref, dcc_json: &w.dcc_json }).collect();
             let keys: Vec<RecordKey> = items.iter().map(|w| w.key).collect();
             match self.signer.sign_chunk(&inputs, now()) {
-                Ok(results) => match self.store.commit(keys.iter().copied().zip(results).collect()) {
+                Ok(results) => match self.store.commit(
+                    keys.iter()
+                        .zip(results)
+                        .map(|(&key, s)| Outcome { key, result: s.result, audit: s.audit })
+                        .collect(),
+                ) {
                     Ok(_) => backoff = Duration::from_millis(100),
                     Err(e) => {
                         // Not committed means not released: the records are signed again later.

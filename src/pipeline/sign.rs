@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use crate::audit::SignedRecord;
 use crate::hcert::Dcc;
 use crate::hcert::cose::{KID_LEN, Prepared};
 use crate::hcert::encoder::Encoder;
@@ -20,8 +21,10 @@ use crate::store::{NewRecord, RecordError, RecordResult};
 pub struct SigningSettings {
     /// Issuing country: CWT `iss` and the UVCI country.
     pub country: String,
-    /// Seconds from `iat` to `exp`, capped at the DSC's notAfter.
+    /// Seconds from `iat` to `exp`.
     pub validity_secs: i64,
+    /// What to do when that would take `exp` past the DSC's notAfter.
+    pub exp_beyond_dsc: crate::config::ExpBeyondDsc,
     /// The UVCI generator.
     pub uvci: UvciGenerator,
     /// The payload policy (its clock is moved to "now" for every chunk).
@@ -46,6 +49,15 @@ struct Pending {
     prepared: Prepared,
 }
 
+/// A record's result, with the audit facts of its signature when it was signed.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The result as the issuer gets it.
+    pub result: RecordResult,
+    /// What the audit log records of the signature (`None` for a rejection).
+    pub audit: Option<SignedRecord>,
+}
+
 fn rejected(r#ref: &str, code: &str, message: String) -> RecordResult {
     RecordResult::Rejected { r#ref: r#ref.to_owned(), error: RecordError { code: code.to_owned(), message } }
 }
@@ -58,23 +70,19 @@ impl ChunkSigner {
 
     /// Signs `inputs` at time `now`, returning one result per input in order. `Err` means the
     /// HSM could not sign (an outage): nothing was released and the chunk should be retried.
-    pub fn sign_chunk(
-        &mut self,
-        inputs: &[NewRecord<'_>],
-        now: i64,
-    ) -> Result<Vec<RecordResult>, hsm::Error> {
+    pub fn sign_chunk(&mut self, inputs: &[NewRecord<'_>], now: i64) -> Result<Vec<Signed>, hsm::Error> {
         let policy = self.settings.policy.clone().with_now(
             time::OffsetDateTime::from_unix_timestamp(now)
                 .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
         );
         // One consistent key set for the whole chunk, even if a rotation lands meanwhile.
         let keys = self.keyring.snapshot();
-        let mut results: Vec<Option<RecordResult>> = vec![None; inputs.len()];
+        let mut results: Vec<Option<Signed>> = vec![None; inputs.len()];
         let mut pending = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.iter().enumerate() {
             match self.prepare(input, &policy, &keys, now) {
                 Ok(p) => pending.push(Pending { index, ..p }),
-                Err(r) => results[index] = Some(r),
+                Err(r) => results[index] = Some(Signed { result: r, audit: None }),
             }
         }
         // Sign per key: a chunk may straddle a rotation, so it may use several DSCs.
@@ -97,24 +105,39 @@ impl ChunkSigner {
             let input = &inputs[p.index];
             let kid = p.key.dsc.kid;
             let encoder = self.encoder(&p.key);
-            let result = match sig.map(|s| encoder.finish(p.prepared, &s)) {
-                Some(Ok(hc1)) => RecordResult::Signed {
-                    r#ref: input.r#ref.to_owned(),
-                    hc1,
-                    uvci: p.uvci,
-                    kid: B64.encode(kid),
-                    iat: p.iat,
-                    exp: p.exp,
-                },
-                Some(Err(e)) => rejected(input.r#ref, "encoding", e.to_string()),
+            let result = match sig.map(|s| (encoder.finish(p.prepared, &s), s)) {
+                Some((Ok(hc1), s)) => {
+                    let kid = B64.encode(kid);
+                    let audit = SignedRecord::new(input.r#ref, &p.uvci, &s, &kid, p.exp);
+                    let result = RecordResult::Signed {
+                        r#ref: input.r#ref.to_owned(),
+                        hc1,
+                        uvci: p.uvci,
+                        kid,
+                        iat: p.iat,
+                        exp: p.exp,
+                    };
+                    Signed { result, audit: Some(audit) }
+                }
+                Some((Err(e), _)) => {
+                    Signed { result: rejected(input.r#ref, "encoding", e.to_string()), audit: None }
+                }
                 // sign_many returns one signature per item; this arm keeps the code total.
-                None => rejected(input.r#ref, "encoding", "no signature was returned".into()),
+                None => Signed {
+                    result: rejected(input.r#ref, "encoding", "no signature was returned".into()),
+                    audit: None,
+                },
             };
             results[p.index] = Some(result);
         }
         Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| rejected("", "encoding", "record lost".into())))
+            .map(|r| {
+                r.unwrap_or_else(|| Signed {
+                    result: rejected("", "encoding", "record lost".into()),
+                    audit: None,
+                })
+            })
             .collect())
     }
 
@@ -144,7 +167,22 @@ impl ChunkSigner {
         let key = keys::select(keys, dcc.kind(), now)
             .map_err(|e| rejected(input.r#ref, "no_key", e.to_string()))?;
         let iat = now;
-        let exp = now.saturating_add(self.settings.validity_secs).min(key.dsc.not_after);
+        let wanted = now.saturating_add(self.settings.validity_secs);
+        // exp never exceeds the DSC's notAfter: shorten the certificate, or refuse it.
+        let exp = if wanted <= key.dsc.not_after {
+            wanted
+        } else if self.settings.exp_beyond_dsc == crate::config::ExpBeyondDsc::Reject {
+            return Err(rejected(
+                input.r#ref,
+                "dsc_expiring",
+                format!(
+                    "the DSC expires at {}, before the full validity of this certificate: rotate the DSC",
+                    crate::keys::lifecycle::rfc3339(key.dsc.not_after)
+                ),
+            ));
+        } else {
+            key.dsc.not_after
+        };
         if exp <= iat {
             return Err(rejected(input.r#ref, "no_key", "the DSC expires now: rotate it".into()));
         }

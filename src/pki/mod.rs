@@ -1,5 +1,7 @@
-//! X.509 material: Document Signer Certificates, CSRs, and the development CAs.
+//! X.509 material: Document Signer Certificates, CSRs, the development CAs, and the CMS
+//! SignedData of gateway uploads.
 
+pub mod cms;
 pub mod csr;
 pub mod dev;
 pub mod dsc;
@@ -28,4 +30,7 @@ pub enum Error {
         /// Why it failed.
         detail: String,
     },
+    /// A signature or digest does not check out: the data was altered, or signed by another key.
+    #[error("verification failed: {0}")]
+    Verify(String),
 }

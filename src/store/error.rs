@@ -42,6 +42,9 @@ pub enum StoreError {
     /// An earlier failure stopped the store; this handle refuses all work until reopened.
     #[error("the store stopped after an earlier failure ({0}); restart the daemon once the cause is fixed")]
     Failed(String),
+    /// A conditional write found the value changed by someone else meanwhile.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// The caller passed something the store cannot represent (the API validates first).
     #[error("cannot store this: {0}")]
     Invalid(&'static str),

@@ -11,6 +11,8 @@
 //! | `idempotency` | issuer length (u16 BE), issuer, key   | seq                                   |
 //! | `pending`     | seq, record index (u32 BE)            | ref and DCC JSON (binary, versioned)  |
 //! | `results`     | seq, record index                     | the result's JSON line                |
+//! | `audit`       | entry seq (u64 BE)                    | chain hash, then the entry's JSON     |
+//! | `keys`        | key label (UTF-8)                     | the key's lifecycle record (JSON)     |
 //!
 //! `seq` comes from sled's `generate_id` inside the submit transaction: monotonic across
 //! restarts, so big-endian `pending` keys iterate in submission order and the `pending` tree *is*
@@ -19,7 +21,8 @@
 //! signing. Every transaction does point operations only (sled's `TransactionalTree` cannot
 //! iterate); the scans (claim, results, purge sweeps) run outside transactions.
 //!
-//! Later modules (key lifecycle, audit log) add their own trees beside these.
+//! The audit log ([`crate::audit`]) is appended in the same transaction as what it records: a
+//! commit's signatures, a key's change of state.
 //!
 //! # Guarantees
 //!
@@ -33,8 +36,10 @@
 //!   after a failed write sled's in-memory state may be ahead of the disk, so nothing is served
 //!   from it until the daemon restarts and recovers from what is on disk.
 
+mod audit;
 mod batches;
 mod error;
+mod keys;
 mod layout;
 mod queue;
 mod record;
@@ -47,10 +52,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+pub use audit::RawEntry;
 pub use batches::{BatchState, BatchStatus, Submitted};
 pub use error::StoreError;
 pub use layout::RecordKey;
-pub use queue::CommitStats;
+pub use queue::{CommitStats, Outcome};
 pub use record::{NewRecord, RecordError, RecordResult, WorkItem};
 pub use results::ResultIter;
 
@@ -96,6 +102,10 @@ struct Inner {
     idempotency: sled::Tree,
     pending: sled::Tree,
     results: sled::Tree,
+    audit: sled::Tree,
+    keys: sled::Tree,
+    /// The end of the audit chain; every appender holds it from transaction to flush.
+    audit_head: Mutex<audit::AuditHead>,
     dir: PathBuf,
     options: StoreOptions,
     /// Records accepted and not yet resolved, over live batches. Signed because a commit's
@@ -151,6 +161,8 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
         let (batches, batch_ids, idempotency, pending, results) =
             (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
+        let (audit, keys) = (tree("audit")?, tree("keys")?);
+        let audit_head = audit::AuditHead::load(&audit)?;
         match db.get(SCHEMA_KEY).map_err(|e| open_error(dir, e))? {
             None => {
                 db.insert(SCHEMA_KEY, &[SCHEMA_VERSION]).map_err(|e| open_error(dir, e))?;
@@ -175,6 +187,9 @@ impl Store {
                 idempotency,
                 pending,
                 results,
+                audit,
+                keys,
+                audit_head: Mutex::new(audit_head),
                 dir: dir.to_path_buf(),
                 options,
                 queued: AtomicI64::new(0),
@@ -292,6 +307,11 @@ impl Store {
         self.inner.queued.store(queued, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// The wall clock, Unix seconds (audit entry times).
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Opens sled. We hold our own lock, so no other process has the store; if sled's lock is

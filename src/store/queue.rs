@@ -12,6 +12,7 @@ use super::batches::abort;
 use super::layout::{self, BatchMeta, RecordKey, StoredState};
 use super::record::{RecordResult, WorkItem};
 use super::{Store, StoreError};
+use crate::audit::{Event, SignedRecord};
 
 /// This process's view of who works on what. Leases are not persisted: after a restart every
 /// record in `pending` is claimable again, which is what makes a crash between signing and
@@ -43,6 +44,39 @@ pub struct CommitStats {
     pub orphaned: usize,
     /// Batches this commit completed.
     pub batches_done: usize,
+}
+
+/// A record's result as a worker hands it to [`Store::commit`], with the audit facts of its
+/// signature when the worker has them (otherwise the store reads them back from the `HC1:`).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The record.
+    pub key: RecordKey,
+    /// Its result.
+    pub result: RecordResult,
+    /// For a signed result: what the audit log records of the signature.
+    pub audit: Option<SignedRecord>,
+}
+
+impl From<(RecordKey, RecordResult)> for Outcome {
+    fn from((key, result): (RecordKey, RecordResult)) -> Self {
+        Outcome { key, result, audit: None }
+    }
+}
+
+impl Outcome {
+    /// The audit facts of a signed result (`None` for a rejection).
+    fn audit_record(&self) -> Option<SignedRecord> {
+        let RecordResult::Signed { r#ref, hc1, uvci, kid, exp, .. } = &self.result else { return None };
+        if let Some(a) = &self.audit {
+            return Some(a.clone());
+        }
+        Some(SignedRecord::from_hc1(r#ref, uvci, hc1, kid, *exp).unwrap_or_else(|| {
+            // Our own HC1 always decodes; if it ever did not, the signature is still recorded.
+            log::error!("store: a signed result's HC1 does not decode; audited without its signature hash");
+            SignedRecord::new(r#ref, uvci, &[], kid, *exp)
+        }))
+    }
 }
 
 /// What a claim needs to know about a record's batch.
@@ -123,25 +157,31 @@ impl Store {
 
     /// Stores results in one transaction and flushes. A record gets a result only if it is
     /// still pending: one that already has a result keeps it (the new one is counted as a
-    /// duplicate), one whose batch was purged is dropped. The record's payload is removed and
-    /// its batch's counters and state updated in the same transaction. The leases of all given
-    /// keys end, whatever happened to them.
+    /// duplicate), one whose batch was purged is dropped. The record's payload is removed, its
+    /// batch's counters and state updated, and every signature stored is appended to the audit
+    /// log (one entry per batch) in the same transaction: a signature is released only with its
+    /// audit entry. The leases of all given keys end, whatever happened to them.
     ///
     /// On `Err` nothing was committed (or the store stopped); the records stay leased until
     /// `release`d.
-    pub fn commit(&self, results: Vec<(RecordKey, RecordResult)>) -> Result<CommitStats, StoreError> {
+    pub fn commit<O: Into<Outcome>>(&self, results: Vec<O>) -> Result<CommitStats, StoreError> {
         self.ensure_ok()?;
         if results.is_empty() {
             return Ok(CommitStats::default());
         }
-        let lines: Vec<(RecordKey, sled::IVec, bool)> =
-            results.iter().map(|(k, r)| (*k, sled::IVec::from(r.to_json()), r.is_signed())).collect();
+        let results: Vec<Outcome> = results.into_iter().map(Into::into).collect();
+        let lines: Vec<(RecordKey, sled::IVec, Option<SignedRecord>)> =
+            results.iter().map(|o| (o.key, sled::IVec::from(o.result.to_json()), o.audit_record())).collect();
         let inner = &self.inner;
+        let now = super::unix_now();
         // Held until the flush returned: readers see this commit only once it is durable.
         let visible = inner.visibility.write().unwrap_or_else(PoisonError::into_inner);
-        let stats = (&inner.batches, &inner.pending, &inner.results)
-            .transaction(|(batches, pending, stored)| {
+        let mut head = self.audit_head_lock();
+        let (stats, new_head) = (&inner.batches, &inner.pending, &inner.results, &inner.audit)
+            .transaction(|(batches, pending, stored, audit)| {
                 let mut stats = CommitStats::default();
+                // Signatures stored, per batch, for the audit log.
+                let mut signed_by_batch: BTreeMap<u64, Vec<SignedRecord>> = BTreeMap::new();
                 // Ordered, so the metadata writes happen in a stable order.
                 let mut metas: BTreeMap<u64, Option<(BatchMeta, bool)>> = BTreeMap::new();
                 for (key, line, signed) in &lines {
@@ -183,9 +223,10 @@ impl Store {
                     }
                     stored.insert(&k[..], line.clone())?;
                     pending.remove(&k[..])?;
-                    if *signed {
+                    if let Some(fact) = signed {
                         meta.signed = meta.signed.saturating_add(1);
                         stats.signed += 1;
+                        signed_by_batch.entry(seq).or_default().push(fact.clone());
                     } else {
                         meta.rejected = meta.rejected.saturating_add(1);
                         stats.rejected += 1;
@@ -199,20 +240,31 @@ impl Store {
                     };
                     *dirty = true;
                 }
+                let mut h = *head;
                 for (seq, meta) in &metas {
                     if let Some((meta, true)) = meta {
                         batches.insert(&layout::seq_key(*seq)[..], meta.encode().map_err(abort)?)?;
                     }
+                    if let (Some((meta, _)), Some(records)) = (meta, signed_by_batch.remove(seq)) {
+                        let event = Event::Signed {
+                            batch: layout::batch_id_text(&meta.id),
+                            client: meta.issuer.clone(),
+                            records,
+                        };
+                        h.append(audit, now, event)?;
+                    }
                 }
-                Ok(stats)
+                Ok((stats, h))
             })
             .map_err(|e| self.tx_error(e))?;
         inner.db.flush().map_err(|e| self.fail(e))?;
+        *head = new_head;
+        drop(head);
         drop(visible);
         inner.queued.fetch_sub(stats.applied as i64, Ordering::SeqCst);
         let mut leases = self.leases();
-        for (key, _) in &results {
-            leases.leased.remove(key);
+        for o in &results {
+            leases.leased.remove(&o.key);
         }
         inner.leased.store(leases.leased.len(), Ordering::Relaxed);
         Ok(stats)

@@ -564,7 +564,7 @@ fn input_the_store_cannot_represent_is_refused_without_a_panic() {
     assert!(store.batch("", &s.batch_id).unwrap().is_some());
     assert_eq!(store.oldest_pending_age(i64::MAX).unwrap(), Some(i64::MAX));
     assert_eq!(store.purge_expired(i64::MAX, i64::MAX).unwrap(), 1);
-    assert_eq!(store.commit(Vec::new()).unwrap(), CommitStats::default());
+    assert_eq!(store.commit(Vec::<Outcome>::new()).unwrap(), CommitStats::default());
     assert!(store.claim(0).unwrap().is_empty());
     check_invariants(&store);
 }

@@ -1,11 +1,20 @@
 //! One file per route, and what they share: reading a bounded JSON body and the request-rate
 //! limiter.
 
+pub mod audit_log;
 pub mod batch_delete;
 pub mod batch_results;
 pub mod batch_status;
 pub mod batches_create;
 pub mod health;
+pub mod key_approve;
+pub mod key_certificate;
+pub mod key_csr;
+pub mod key_retire;
+pub mod key_upload;
+pub mod keys_create;
+pub mod keys_list;
+pub mod revocations;
 pub mod sign;
 pub mod trust_list;
 
@@ -19,7 +28,13 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::ApiError;
+use std::sync::Arc;
+
+use http::Response;
+use http_body_util::Full;
+
+use super::{ApiError, AppState, Body, Client};
+use crate::keys::lifecycle::{KeyError, KeyView, Lifecycle};
 use crate::store::NewRecord;
 
 /// One record of a request: the issuer's reference and the DCC, kept as raw JSON text (the
@@ -72,6 +87,15 @@ where
             "send the body as Content-Type: application/json",
         ));
     }
+    read_body(req, max).await
+}
+
+/// Reads a body of at most `max` bytes, whatever its type: 413 if too large.
+pub async fn read_body<B>(req: Request<B>, max: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,6 +114,55 @@ where
         Err(e) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the body: {e}")))
         }
+    }
+}
+
+/// Parses a small JSON request body: 400 naming what is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("invalid request body: {e}"))
+    })
+}
+
+/// A text response of `content_type`.
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+/// A refused key operation as an HTTP error.
+pub fn key_error(e: KeyError) -> ApiError {
+    let (status, code) = match &e {
+        KeyError::NotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
+        KeyError::Exists(..) => (StatusCode::CONFLICT, "key_exists"),
+        KeyError::WrongState { .. } => (StatusCode::CONFLICT, "key_state"),
+        KeyError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+        KeyError::Hsm(crate::hsm::Error::InvalidLabel { .. }) => (StatusCode::BAD_REQUEST, "bad_label"),
+        KeyError::Hsm(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable"),
+        KeyError::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        KeyError::Store(crate::store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+        KeyError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+    };
+    if status.is_server_error() {
+        log::error!("keys: {e}");
+    }
+    let err = ApiError::new(status, code, e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE { err.retry_after(5) } else { err }
+}
+
+/// Runs an officer's action on one key and answers the key's view.
+pub async fn key_action<F>(state: &Arc<AppState>, client: &Arc<Client>, label: &str, op: F) -> Response<Body>
+where
+    F: FnOnce(&Lifecycle, &str, &str) -> Result<KeyView, KeyError> + Send + 'static,
+{
+    let (st, officer, label) = (state.clone(), client.name.clone(), label.to_owned());
+    match blocking(move || op(&st.keys, &label, &officer)).await {
+        Ok(Ok(view)) => super::json(StatusCode::OK, &view),
+        Ok(Err(e)) => key_error(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -1,22 +1,19 @@
-//! `GET /v1/trust-list`: the DSCs a verifier needs for what this appliance signed.
+//! `GET /v1/trust-list`: every DSC this appliance signs or has signed with (active or retired)
+//! that has not expired, as `{"<kid base64>": "<DSC DER base64>"}`.
 
 use std::sync::Arc;
 
-use http::{Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Response, StatusCode};
 
+use super::{blocking, key_error, text};
 use crate::api::{AppState, Body};
-use crate::hcert::TrustList;
 
-/// Every DSC in service that has not expired.
-pub fn handle(state: &Arc<AppState>) -> Response<Body> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut list = TrustList::new();
-    for key in state.service.keyring.all().iter().filter(|k| k.dsc.not_after > now) {
-        list.insert((*key.dsc).clone());
+/// The trust list.
+pub async fn handle(state: &Arc<AppState>) -> Response<Body> {
+    let st = state.clone();
+    match blocking(move || st.keys.trust_list()).await {
+        Ok(Ok(list)) => text(StatusCode::OK, "application/json", list.to_json()),
+        Ok(Err(e)) => key_error(e).into_response(),
+        Err(e) => e.into_response(),
     }
-    let mut r = Response::new(Full::new(bytes::Bytes::from(list.to_json())).boxed());
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    r
 }

@@ -1,0 +1,203 @@
+//! The audit log of a real run: `hcert-signer audit verify` passes, and names the first bad
+//! entry after an entry is edited, deleted, or two are swapped (on copies of the store); the
+//! revocation export carries the EU hashes of the signatures it names.
+
+mod daemon;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use daemon::{BIN, Daemon, records, wait_done};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Runs `hcert-signer audit verify` with `args`; returns (exit success, the JSON line).
+fn audit_verify(args: &[&std::ffi::OsStr]) -> (bool, Value) {
+    let out = Command::new(BIN).args(["audit", "verify"]).args(args).output().expect("audit verify");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.success(), line)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of the stopped daemon's store with `edit` applied to its raw audit tree.
+fn tampered(state: &Path, name: &str, edit: impl FnOnce(&sled::Tree)) -> PathBuf {
+    let dir = state.parent().unwrap().join(name).join("store");
+    copy_dir(&state.join("store"), &dir);
+    {
+        let db = sled::open(&dir).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        edit(&tree);
+        db.flush().unwrap();
+    }
+    dir
+}
+
+/// The `revocation-NNN.json` files of an export folder, in order.
+fn read_batches(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files.iter().map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()).collect()
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_passes_then_names_the_first_tampered_entry() {
+    let mut d = Daemon::start();
+    let mut issuer = d.client("issuer").await;
+    let r = issuer.post("/v1/batches", &json!({"records": records("a-", 600)})).await.unwrap();
+    assert_eq!(r.status, 202);
+    let id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
+    wait_done(&mut issuer, &id, Duration::from_secs(300)).await;
+    let sync = issuer.post("/v1/sign", &json!({"records": records("s-", 3)})).await.unwrap();
+    assert_eq!(sync.status, 200);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&issuer.get(&format!("/v1/batches/{id}/results")).await.unwrap().body)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let mut o1 = d.client("officer1").await;
+    assert_eq!(o1.post("/v1/keys", &json!({"label": "dsc-next"})).await.unwrap().status, 201);
+    // From the running appliance: the same batches, each CMS-signed by the upload key.
+    let api_out = d.path().join("revocation-api");
+    let rev = Command::new(BIN)
+        .args(["audit", "revocation", "--profile"])
+        .arg(d.path().join("officer1.toml"))
+        .args(["--batch", &id, "--out"])
+        .arg(&api_out)
+        .output()
+        .unwrap();
+    assert!(rev.status.success(), "{}", String::from_utf8_lossy(&rev.stderr));
+    let api_batches = read_batches(&api_out);
+    assert_eq!(api_batches.len(), 2, "600 UCI and 600 SIGNATURE hashes fit in one batch each");
+    for (i, batch) in api_batches.iter().enumerate() {
+        let cms = api_out.join(format!("revocation-{:03}.cms", i + 1));
+        let content = Command::new("openssl")
+            .args(["cms", "-verify", "-noverify", "-inform", "DER", "-in"])
+            .arg(&cms)
+            .output()
+            .expect("openssl");
+        assert!(content.status.success(), "{}", String::from_utf8_lossy(&content.stderr));
+        assert_eq!(&serde_json::from_slice::<Value>(&content.stdout).unwrap(), batch);
+    }
+    assert_eq!(d.terminate(), Some(0));
+
+    // The real run verifies, and counts every signature.
+    let config = d.path().join("config.toml");
+    let (ok, report) = audit_verify(&["--config".as_ref(), config.as_os_str()]);
+    assert!(ok, "{report}");
+    assert_eq!(report["summary"]["signatures"], 603, "{report}");
+    assert_eq!(report["summary"]["unanchored"], 0, "a checkpoint is written at shutdown: {report}");
+    let entries = report["summary"]["entries"].as_u64().unwrap();
+    assert!(entries >= 6, "{report}");
+
+    let state = d.path().join("state");
+    let audit_key = state.join("audit-key.pem");
+    let check = |store: &Path| {
+        audit_verify(&["--store".as_ref(), store.as_os_str(), "--audit-key".as_ref(), audit_key.as_os_str()])
+    };
+    // The first signature entry.
+    let probe = tampered(&state, "probe", |_| {});
+    let target = {
+        let db = sled::open(&probe).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        tree.iter()
+            .map(|e| e.unwrap())
+            .find(|(_, v)| String::from_utf8_lossy(&v[32..]).contains("\"event\":\"signed\""))
+            .map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap()))
+            .unwrap()
+    };
+
+    let edited = tampered(&state, "edited", |t| {
+        let v = t.get(key(target)).unwrap().unwrap().to_vec();
+        let text =
+            String::from_utf8_lossy(&v[32..]).replace("\"client\":\"issuer\"", "\"client\":\"issue2\"");
+        assert_ne!(text.as_bytes(), &v[32..]);
+        let mut new = v[..32].to_vec();
+        new.extend_from_slice(text.as_bytes());
+        t.insert(key(target), new).unwrap();
+    });
+    let (ok, report) = check(&edited);
+    assert!(!ok);
+    assert_eq!(report["entry"], target, "{report}");
+
+    let deleted = tampered(&state, "deleted", |t| {
+        t.remove(key(target)).unwrap().unwrap();
+    });
+    let (ok, report) = check(&deleted);
+    assert!(!ok);
+    assert_eq!(report["entry"], target, "{report}");
+    assert!(report["error"].as_str().unwrap().contains("missing"), "{report}");
+
+    let swapped = tampered(&state, "swapped", |t| {
+        let a = t.get(key(target)).unwrap().unwrap();
+        let b = t.get(key(target + 1)).unwrap().unwrap();
+        t.insert(key(target), b).unwrap();
+        t.insert(key(target + 1), a).unwrap();
+    });
+    let (ok, report) = check(&swapped);
+    assert!(!ok);
+    assert_eq!(report["entry"], target, "{report}");
+
+    // The last entry dropped: the chain alone cannot tell, the checkpoint count does.
+    let truncated = tampered(&state, "truncated", |t| {
+        t.remove(key(entries)).unwrap().unwrap();
+    });
+    let (ok, report) = check(&truncated);
+    assert!(ok, "{report}");
+    assert!(report["summary"]["unanchored"].as_u64().unwrap() > 0, "{report}");
+
+    // Revocation export for the batch: one UCI and one SIGNATURE hash per certificate, which
+    // are the first 128 bits of SHA-256 over the UVCI and over r.
+    let out = d.path().join("revocation");
+    let rev = Command::new(BIN)
+        .args(["audit", "revocation", "--config"])
+        .arg(&config)
+        .args(["--batch", &id, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(rev.status.success(), "{}", String::from_utf8_lossy(&rev.stderr));
+    let mut uci = std::collections::HashSet::new();
+    let mut sig = std::collections::HashSet::new();
+    let offline = read_batches(&out);
+    assert_eq!(offline, api_batches, "offline and online exports agree");
+    for b in &offline {
+        assert_eq!(b["country"], "VN");
+        let entries = b["entries"].as_array().unwrap();
+        assert!(entries.len() <= 1000 && !entries.is_empty());
+        let set = if b["hashType"] == "UCI" { &mut uci } else { &mut sig };
+        set.extend(entries.iter().map(|e| e["hash"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!((uci.len(), sig.len()), (600, 600));
+    for l in &lines {
+        let h = |data: &[u8]| B64.encode(&Sha256::digest(data)[..16]);
+        assert!(uci.contains(&h(l["uvci"].as_str().unwrap().as_bytes())));
+        let cose = hcert_signer::hcert::transport::decode(l["hc1"].as_str().unwrap()).unwrap();
+        let parsed = hcert_signer::hcert::cose::parse(&cose).unwrap();
+        assert!(sig.contains(&h(&parsed.signature[..32])), "SIGNATURE hash is over r");
+    }
+}

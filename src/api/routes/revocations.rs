@@ -1,0 +1,101 @@
+//! `POST /v1/revocations` `{"uvcis":[…]}` or `{"batch":"…"}` (officer): revocation batches in the
+//! EU gateway's format for the signatures named, read from the audit log — UCI and SIGNATURE
+//! hashes, at most 1,000 entries a batch — each also CMS-signed by the upload key when one is
+//! configured. The whole log is scanned: an officer's occasional request, not a hot path.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use serde::Deserialize;
+
+use super::{blocking, parse_json, read_json};
+use crate::api::{ApiError, AppState, Body, Client, json};
+use crate::audit::revocation::{self, HashType, Selection};
+use crate::audit::{Event, KeyAction};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationRequest {
+    #[serde(default)]
+    uvcis: Option<Vec<String>>,
+    #[serde(default)]
+    batch: Option<String>,
+}
+
+/// Most UVCIs in one request.
+const MAX_UVCIS: usize = 100_000;
+
+/// The batches, `{"batches":[{"batch":{…},"cms":"…"?}]}`.
+pub async fn handle<B>(state: &Arc<AppState>, client: &Arc<Client>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let body: RevocationRequest = match read_json(req, 8 << 20).await.and_then(|b| parse_json(&b)) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let selection = match body {
+        RevocationRequest { uvcis: Some(u), batch: None } if !u.is_empty() && u.len() <= MAX_UVCIS => {
+            Selection::Uvcis(u)
+        }
+        RevocationRequest { uvcis: None, batch: Some(b) } => Selection::Batch(b),
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("give either uvcis (1–{MAX_UVCIS}) or batch"),
+            )
+            .into_response();
+        }
+    };
+    let (st, officer) = (state.clone(), client.name.clone());
+    let outcome = blocking(move || {
+        let internal = |m: String| {
+            log::error!("revocation: {m}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", m)
+        };
+        let picked = selection
+            .pick(st.store.audit_entries(crate::audit::FIRST_SEQ).map(|r| r.map_err(|e| e.to_string())))
+            .map_err(internal)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let country = &st.service.settings.country;
+        let batches = revocation::batches(country, &picked, &[HashType::Uci, HashType::Signature], now);
+        let mut out = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let mut item = serde_json::json!({ "batch": b });
+            if let Some(upload) = &st.upload {
+                let content = serde_json::to_vec(b).unwrap_or_default();
+                let cms = crate::pki::cms::sign_upload(
+                    &st.service.hsm,
+                    &upload.label,
+                    &upload.certificate_der,
+                    &content,
+                )
+                .map_err(|e| {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable", e.to_string())
+                        .retry_after(5)
+                })?;
+                item["cms"] = B64.encode(cms).into();
+            }
+            out.push(item);
+        }
+        let event = Event::Key {
+            action: KeyAction::RevocationExported,
+            label: String::new(),
+            officer,
+            kid: None,
+            detail: format!("{} signatures in {} batches", picked.len(), batches.len()),
+        };
+        st.store.audit_append(vec![event]).map_err(super::batches_create::store_error)?;
+        Ok::<_, ApiError>(out)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(batches)) => json(StatusCode::OK, &serde_json::json!({ "batches": batches })),
+        Ok(Err(e)) | Err(e) => e.into_response(),
+    }
+}

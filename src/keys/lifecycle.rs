@@ -1,0 +1,727 @@
+//! The DSC lifecycle security officers drive: generated → certified → active → retired (→
+//! expired once the certificate's notAfter passes), with two-officer activation, and every change
+//! written to the store together with its audit entry.
+//!
+//! The running [`Keyring`] is rebuilt from the stored records after every change, so activation
+//! and retirement take effect for the next chunk of records without a restart; chunks already
+//! signing keep the snapshot they took.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use super::{ActiveKey, Keyring};
+use crate::audit::{Event, KeyAction};
+use crate::hcert::{CertificateType, TrustList};
+use crate::hsm::{self, Hsm};
+use crate::pki::{self, Dsc};
+use crate::store::{Store, StoreError};
+
+/// Where a key is in its life (as stored; "expired" is derived from the certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// The key pair exists in the HSM; no certificate yet.
+    Generated,
+    /// Its DSC certificate is imported; approvals are being collected.
+    Certified,
+    /// It signs (within its usage period).
+    Active,
+    /// It no longer signs; its certificate stays in the trust list until notAfter.
+    Retired,
+}
+
+/// One officer's approval of an activation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The officer's client identity.
+    pub officer: String,
+    /// When, Unix seconds.
+    pub at: i64,
+}
+
+/// A key's stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// The key's label in the HSM.
+    pub label: String,
+    /// Its state.
+    pub state: KeyState,
+    /// When it was generated (or bootstrapped), Unix seconds.
+    pub created_at: i64,
+    /// Who generated it.
+    pub created_by: String,
+    /// The DSC certificate, DER base64.
+    #[serde(default)]
+    pub certificate: Option<String>,
+    /// Days of private-key usage from notBefore, if set for this key.
+    #[serde(default)]
+    pub usage_days: Option<u32>,
+    /// Approvals collected while certified.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+    /// When it became active.
+    #[serde(default)]
+    pub activated_at: Option<i64>,
+    /// The same in Unix milliseconds: orders keys activated within one second (the most
+    /// recently activated signs).
+    #[serde(default)]
+    pub activated_ms: Option<i64>,
+    /// When it was retired, and by whom.
+    #[serde(default)]
+    pub retired: Option<Approval>,
+}
+
+/// How keys are governed.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    /// The issuing country: a DSC of another country is refused.
+    pub country: String,
+    /// Seconds an approval stays valid.
+    pub approval_ttl_secs: i64,
+    /// Default private-key usage period, days from notBefore (EU governance: six months).
+    pub usage_days: u32,
+    /// Distinct officers whose approvals activate a key.
+    pub approvals_needed: usize,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self { country: "VN".into(), approval_ttl_secs: 24 * 3600, usage_days: 182, approvals_needed: 2 }
+    }
+}
+
+/// Why a key operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// No such key.
+    #[error("no key labelled {0:?}")]
+    NotFound(String),
+    /// The label is taken.
+    #[error("a key labelled {0:?} already exists{1}")]
+    Exists(String, &'static str),
+    /// The operation does not apply in the key's state.
+    #[error("key {label:?} is {state}: {hint}")]
+    WrongState {
+        /// The key.
+        label: String,
+        /// Its state.
+        state: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// The input (certificate, subject, label, usage period) is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The HSM failed.
+    #[error(transparent)]
+    Hsm(#[from] hsm::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<pki::Error> for KeyError {
+    fn from(e: pki::Error) -> Self {
+        KeyError::Invalid(e.to_string())
+    }
+}
+
+/// A key as officers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    /// HSM label.
+    pub label: String,
+    /// `generated`, `certified`, `active`, `retired` or `expired`.
+    pub state: &'static str,
+    /// kid, base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Certificate subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Certificate validity and usage period, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// notAfter, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// End of the private-key usage period, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_end: Option<String>,
+    /// Certificate types it may sign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_types: Option<Vec<&'static str>>,
+    /// Approvals still valid (while certified).
+    pub approvals: Vec<ApprovalView>,
+    /// Approvals still needed to activate (while certified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals_missing: Option<usize>,
+    /// When it became active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<String>,
+    /// When it was retired, and by whom.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired: Option<ApprovalView>,
+    /// Created when and by whom.
+    pub created: ApprovalView,
+}
+
+/// An approval (or another officer action) as officers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalView {
+    /// Who.
+    pub officer: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// The officers' interface to the keys: one per daemon, shared by the admin routes.
+pub struct Lifecycle {
+    store: Store,
+    hsm: Hsm,
+    keyring: Keyring,
+    policy: KeyPolicy,
+    /// One operation at a time: they are rare, and each reads, checks and writes a record.
+    ops: Mutex<()>,
+}
+
+/// Seconds now.
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Milliseconds now.
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 text of Unix seconds.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+impl KeyRecord {
+    fn dsc(&self) -> Result<Option<Dsc>, KeyError> {
+        let Some(b64) = &self.certificate else { return Ok(None) };
+        let der = B64
+            .decode(b64)
+            .map_err(|_| StoreError::Corrupt(format!("key {:?}: certificate is not base64", self.label)))?;
+        Ok(Some(Dsc::from_der(&der).map_err(|e| StoreError::Corrupt(format!("key {:?}: {e}", self.label)))?))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // Plain strings and integers: serialization cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(label: &str, bytes: &[u8]) -> Result<KeyRecord, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("key {label:?}: {e}")))
+    }
+
+    fn usage_secs(&self, policy: &KeyPolicy) -> i64 {
+        i64::from(self.usage_days.unwrap_or(policy.usage_days)) * 86_400
+    }
+
+    fn state_name(&self, dsc: Option<&Dsc>, now: i64) -> &'static str {
+        match (self.state, dsc) {
+            (_, Some(d)) if d.not_after <= now => "expired",
+            (KeyState::Generated, _) => "generated",
+            (KeyState::Certified, _) => "certified",
+            (KeyState::Active, _) => "active",
+            (KeyState::Retired, _) => "retired",
+        }
+    }
+
+    fn wrong_state(&self, now: i64, hint: &'static str) -> KeyError {
+        let dsc = self.dsc().ok().flatten();
+        KeyError::WrongState { label: self.label.clone(), state: self.state_name(dsc.as_ref(), now), hint }
+    }
+
+    /// Approvals still valid at `now`, one per officer (the latest).
+    fn live_approvals(&self, ttl: i64, now: i64) -> Vec<Approval> {
+        let mut out: Vec<Approval> = Vec::new();
+        for a in self.approvals.iter().filter(|a| a.at + ttl > now) {
+            match out.iter_mut().find(|b| b.officer == a.officer) {
+                Some(b) => b.at = b.at.max(a.at),
+                None => out.push(a.clone()),
+            }
+        }
+        out
+    }
+}
+
+impl Lifecycle {
+    /// Loads the key records and puts the active keys in `keyring`.
+    pub fn load(store: Store, hsm: Hsm, keyring: Keyring, policy: KeyPolicy) -> Result<Lifecycle, KeyError> {
+        let lc = Lifecycle { store, hsm, keyring, policy, ops: Mutex::new(()) };
+        lc.refresh()?;
+        Ok(lc)
+    }
+
+    /// The keyring the pipeline signs with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &KeyPolicy {
+        &self.policy
+    }
+
+    fn records(&self) -> Result<Vec<KeyRecord>, KeyError> {
+        self.store
+            .key_records()?
+            .into_iter()
+            .map(|(label, bytes)| KeyRecord::decode(&label, &bytes).map_err(KeyError::from))
+            .collect()
+    }
+
+    fn record(&self, label: &str) -> Result<(KeyRecord, Vec<u8>), KeyError> {
+        let bytes = self.store.key_record(label)?.ok_or_else(|| KeyError::NotFound(label.to_owned()))?;
+        Ok((KeyRecord::decode(label, &bytes)?, bytes))
+    }
+
+    /// Rebuilds the keyring from the stored active keys.
+    pub fn refresh(&self) -> Result<(), KeyError> {
+        let mut active = Vec::new();
+        for r in self.records()? {
+            if r.state != KeyState::Active {
+                continue;
+            }
+            if let Some(dsc) = r.dsc()? {
+                let usage = r.usage_secs(&self.policy);
+                let at = r.activated_ms.or(r.activated_at.map(|s| s * 1000)).unwrap_or(dsc.not_before * 1000);
+                active.push(ActiveKey::with_usage(&r.label, dsc, at, usage));
+            }
+        }
+        self.keyring.replace(active);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ops.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn event(action: KeyAction, r: &KeyRecord, officer: &str, kid: Option<String>, detail: String) -> Event {
+        Event::Key { action, label: r.label.clone(), officer: officer.to_owned(), kid, detail }
+    }
+
+    fn kid_of(dsc: &Dsc) -> String {
+        B64.encode(dsc.kid)
+    }
+
+    /// Every key, as officers see it.
+    pub fn list(&self) -> Result<Vec<KeyView>, KeyError> {
+        let now = now();
+        self.records()?.iter().map(|r| self.view(r, now)).collect()
+    }
+
+    /// One key, as officers see it.
+    pub fn get(&self, label: &str) -> Result<KeyView, KeyError> {
+        self.view(&self.record(label)?.0, now())
+    }
+
+    fn view(&self, r: &KeyRecord, now: i64) -> Result<KeyView, KeyError> {
+        let dsc = r.dsc()?;
+        let usage_end = dsc.as_ref().map(|d| usage_end(d, r.usage_secs(&self.policy)));
+        let approvals = if r.state == KeyState::Certified {
+            r.live_approvals(self.policy.approval_ttl_secs, now)
+        } else {
+            Vec::new()
+        };
+        let view_of = |a: &Approval| ApprovalView { officer: a.officer.clone(), at: rfc3339(a.at) };
+        Ok(KeyView {
+            label: r.label.clone(),
+            state: r.state_name(dsc.as_ref(), now),
+            kid: dsc.as_ref().map(Self::kid_of),
+            subject: dsc.as_ref().map(|d| d.subject.clone()),
+            not_before: dsc.as_ref().map(|d| rfc3339(d.not_before)),
+            not_after: dsc.as_ref().map(|d| rfc3339(d.not_after)),
+            usage_end: usage_end.map(rfc3339),
+            certificate_types: dsc.as_ref().map(|d| {
+                [CertificateType::Vaccination, CertificateType::Test, CertificateType::Recovery]
+                    .into_iter()
+                    .filter(|t| d.allows(*t))
+                    .map(CertificateType::name)
+                    .collect()
+            }),
+            approvals_missing: (r.state == KeyState::Certified)
+                .then(|| self.policy.approvals_needed.saturating_sub(approvals.len())),
+            approvals: approvals.iter().map(view_of).collect(),
+            activated_at: r.activated_at.map(rfc3339),
+            retired: r.retired.as_ref().map(view_of),
+            created: view_of(&Approval { officer: r.created_by.clone(), at: r.created_at }),
+        })
+    }
+
+    /// Generates a new key pair inside the HSM.
+    pub fn generate(&self, label: &str, officer: &str) -> Result<KeyView, KeyError> {
+        hsm::validate_label(label)?;
+        let _op = self.lock();
+        if self.store.key_record(label)?.is_some() {
+            return Err(KeyError::Exists(label.to_owned(), ""));
+        }
+        match self.hsm.find_key(label) {
+            Ok(_) => return Err(KeyError::Exists(label.to_owned(), " in the HSM (choose another label)")),
+            Err(hsm::Error::KeyNotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.hsm.generate_key(label)?;
+        let r = KeyRecord {
+            label: label.to_owned(),
+            state: KeyState::Generated,
+            created_at: now(),
+            created_by: officer.to_owned(),
+            certificate: None,
+            usage_days: None,
+            approvals: Vec::new(),
+            activated_at: None,
+            activated_ms: None,
+            retired: None,
+        };
+        let ev = Self::event(
+            KeyAction::Generated,
+            &r,
+            officer,
+            None,
+            "P-256 key pair generated in the HSM".into(),
+        );
+        self.store.put_key_record(label, &r.encode(), Some(None), vec![ev])?;
+        log::info!("keys: {officer} generated key {label:?}");
+        self.view(&r, now())
+    }
+
+    /// A PKCS#10 CSR for the key, signed inside the HSM. `subject` must name this country
+    /// (`C=`), since a DSC of another country is refused at import.
+    pub fn csr(&self, label: &str, subject: &str, officer: &str) -> Result<String, KeyError> {
+        let _op = self.lock();
+        let (r, bytes) = self.record(label)?;
+        if !matches!(r.state, KeyState::Generated | KeyState::Certified) {
+            return Err(r.wrong_state(now(), "a CSR is only made for a key not yet active"));
+        }
+        let dn = pki::csr::parse_subject(subject)?;
+        let country = dn.get(&rcgen::DnType::CountryName).and_then(|v| match v {
+            rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
+            rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+            _ => None,
+        });
+        if country.as_deref() != Some(self.policy.country.as_str()) {
+            return Err(KeyError::Invalid(format!(
+                "the subject must carry C={} (the issuing country); got {subject:?}",
+                self.policy.country
+            )));
+        }
+        let pem = pki::csr::build_csr(&self.hsm, label, subject)?;
+        let ev = Self::event(KeyAction::CsrIssued, &r, officer, None, format!("subject {subject}"));
+        self.store.put_key_record(label, &bytes, Some(Some(&bytes)), vec![ev])?;
+        Ok(pem)
+    }
+
+    /// Imports the DSC certificate the CSCA issued for the key (PEM). Refused when its public
+    /// key is not the HSM key, its country is not ours, it is not ES256/P-256, its kid collides,
+    /// or it can no longer sign. A re-import while certified replaces the certificate and drops
+    /// the approvals collected for the old one.
+    pub fn import_certificate(
+        &self,
+        label: &str,
+        pem: &str,
+        usage_days: Option<u32>,
+        officer: &str,
+    ) -> Result<KeyView, KeyError> {
+        let _op = self.lock();
+        let now = now();
+        let (mut r, bytes) = self.record(label)?;
+        if !matches!(r.state, KeyState::Generated | KeyState::Certified) {
+            return Err(r.wrong_state(now, "its certificate can no longer be replaced"));
+        }
+        if let Some(d) = usage_days
+            && !(1..=730).contains(&d)
+        {
+            return Err(KeyError::Invalid(format!("usage_days {d} is not within 1–730")));
+        }
+        let dsc = Dsc::from_pem(pem)?;
+        pki::csr::check_certificate_key(&self.hsm, label, &dsc.der)?;
+        check_dsc(&dsc, &self.policy.country)?;
+        let end = usage_end(&dsc, i64::from(usage_days.unwrap_or(self.policy.usage_days)) * 86_400);
+        if end <= now {
+            return Err(KeyError::Invalid(format!(
+                "the certificate's private-key usage period ended at {} (notAfter {}): it could never sign",
+                rfc3339(end),
+                rfc3339(dsc.not_after)
+            )));
+        }
+        let kid = Self::kid_of(&dsc);
+        for other in self.records()?.iter().filter(|o| o.label != label) {
+            if other.dsc()?.is_some_and(|d| d.kid == dsc.kid) {
+                return Err(KeyError::Invalid(format!("kid {kid} is already used by key {:?}", other.label)));
+            }
+        }
+        r.certificate = Some(B64.encode(&dsc.der));
+        r.usage_days = usage_days;
+        r.state = KeyState::Certified;
+        r.approvals.clear();
+        let ev = Self::event(
+            KeyAction::CertificateImported,
+            &r,
+            officer,
+            Some(kid.clone()),
+            format!("{}; usage period ends {}", dsc.subject, rfc3339(end)),
+        );
+        self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), vec![ev])?;
+        log::info!("keys: {officer} imported the certificate of key {label:?} (kid {kid})");
+        self.view(&r, now)
+    }
+
+    /// Records `officer`'s approval; the approvals of
+    /// [`approvals_needed`](KeyPolicy::approvals_needed) different officers, each younger than
+    /// the approval lifetime, activate the key. The same officer twice counts once.
+    pub fn approve(&self, label: &str, officer: &str) -> Result<KeyView, KeyError> {
+        let _op = self.lock();
+        let now = now();
+        let (mut r, bytes) = self.record(label)?;
+        match r.state {
+            KeyState::Certified => {}
+            KeyState::Generated => return Err(r.wrong_state(now, "import its DSC certificate first")),
+            KeyState::Active => return Err(r.wrong_state(now, "it is already active")),
+            KeyState::Retired => return Err(r.wrong_state(now, "a retired key is never activated again")),
+        }
+        let dsc = r.dsc()?.ok_or_else(|| r.wrong_state(now, "import its DSC certificate first"))?;
+        let end = usage_end(&dsc, r.usage_secs(&self.policy));
+        if end <= now {
+            return Err(KeyError::Invalid(format!(
+                "key {label:?} cannot be activated: its usage period ended at {}",
+                rfc3339(end)
+            )));
+        }
+        r.approvals = r.live_approvals(self.policy.approval_ttl_secs, now);
+        r.approvals.retain(|a| a.officer != officer);
+        r.approvals.push(Approval { officer: officer.to_owned(), at: now });
+        let kid = Some(Self::kid_of(&dsc));
+        let mut events = vec![Self::event(
+            KeyAction::Approved,
+            &r,
+            officer,
+            kid.clone(),
+            format!("approval {}", r.approvals.len()),
+        )];
+        let activate = r.approvals.len() >= self.policy.approvals_needed;
+        if activate {
+            r.state = KeyState::Active;
+            r.activated_at = Some(now);
+            r.activated_ms = Some(now_ms());
+            let by: Vec<&str> = r.approvals.iter().map(|a| a.officer.as_str()).collect();
+            events.push(Self::event(
+                KeyAction::Activated,
+                &r,
+                officer,
+                kid,
+                format!("approved by {}", by.join(", ")),
+            ));
+        }
+        self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), events)?;
+        if activate {
+            self.refresh()?;
+            log::info!("keys: key {label:?} activated ({officer} gave the last approval)");
+        } else {
+            log::info!("keys: {officer} approved key {label:?}; waiting for another officer");
+        }
+        self.view(&r, now)
+    }
+
+    /// Takes a key out of service. Its certificate stays in the trust list until notAfter.
+    pub fn retire(&self, label: &str, officer: &str) -> Result<KeyView, KeyError> {
+        let _op = self.lock();
+        let now = now();
+        let (mut r, bytes) = self.record(label)?;
+        if r.state == KeyState::Retired {
+            return Err(r.wrong_state(now, "it is already retired"));
+        }
+        r.state = KeyState::Retired;
+        r.retired = Some(Approval { officer: officer.to_owned(), at: now });
+        r.approvals.clear();
+        let kid = r.dsc()?.as_ref().map(Self::kid_of);
+        let ev = Self::event(KeyAction::Retired, &r, officer, kid, String::new());
+        self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), vec![ev])?;
+        self.refresh()?;
+        log::info!("keys: {officer} retired key {label:?}");
+        self.view(&r, now)
+    }
+
+    /// Activates a key named in the configuration file (the outcome of a key ceremony before the
+    /// daemon ran, or dev-init) if the store does not know it yet. A key the store knows keeps
+    /// its stored state — a retired key is not brought back by an old configuration line.
+    pub fn bootstrap(&self, label: &str, pem: &str, source: &str) -> Result<(), KeyError> {
+        let _op = self.lock();
+        let dsc = Dsc::from_pem(pem)?;
+        if let Some(bytes) = self.store.key_record(label)? {
+            let r = KeyRecord::decode(label, &bytes)?;
+            if r.dsc()?.is_some_and(|d| d.der == dsc.der) {
+                if r.state != KeyState::Active {
+                    log::warn!(
+                        "keys: {label:?} is listed in the configuration but is {}; it stays so",
+                        r.state_name(Some(&dsc), now())
+                    );
+                }
+                return Ok(());
+            }
+            return Err(KeyError::Invalid(format!(
+                "the configuration gives key {label:?} another certificate than the one stored: \
+                 rotate keys through `hcert-signer keys`, not the configuration"
+            )));
+        }
+        pki::csr::check_certificate_key(&self.hsm, label, &dsc.der)?;
+        check_dsc(&dsc, &self.policy.country)?;
+        let now = now();
+        let r = KeyRecord {
+            label: label.to_owned(),
+            state: KeyState::Active,
+            created_at: now,
+            created_by: source.to_owned(),
+            certificate: Some(B64.encode(&dsc.der)),
+            usage_days: None,
+            approvals: Vec::new(),
+            activated_at: Some(now),
+            activated_ms: Some(now_ms()),
+            retired: None,
+        };
+        let kid = Some(Self::kid_of(&dsc));
+        let ev = Self::event(
+            KeyAction::Activated,
+            &r,
+            source,
+            kid,
+            "activated from the configuration file (bootstrap)".into(),
+        );
+        self.store.put_key_record(label, &r.encode(), Some(None), vec![ev])?;
+        log::info!("keys: key {label:?} activated from the configuration (bootstrap)");
+        drop(_op);
+        self.refresh()
+    }
+
+    /// The trust list: every DSC that has signed or may sign (active or retired) and has not
+    /// expired.
+    pub fn trust_list(&self) -> Result<TrustList, KeyError> {
+        let now = now();
+        let mut list = TrustList::new();
+        for r in self.records()? {
+            if matches!(r.state, KeyState::Active | KeyState::Retired)
+                && let Some(dsc) = r.dsc()?
+                && dsc.not_after > now
+            {
+                list.insert(dsc);
+            }
+        }
+        Ok(list)
+    }
+
+    /// The DSC certificate (DER) of a certified, active or retired key.
+    pub fn certificate(&self, label: &str) -> Result<Vec<u8>, KeyError> {
+        let (r, _) = self.record(label)?;
+        r.dsc()?.map(|d| d.der).ok_or_else(|| r.wrong_state(now(), "import its DSC certificate first"))
+    }
+
+    /// Records that an upload message for the EU gateway was signed for `label`.
+    pub fn record_upload(&self, label: &str, officer: &str, what: &str) -> Result<(), KeyError> {
+        let _op = self.lock();
+        let (r, bytes) = self.record(label)?;
+        let kid = r.dsc()?.as_ref().map(Self::kid_of);
+        let ev = Self::event(KeyAction::UploadSigned, &r, officer, kid, what.to_owned());
+        self.store.put_key_record(label, &bytes, Some(Some(&bytes)), vec![ev])?;
+        Ok(())
+    }
+
+    /// The store (for the audit routes).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// End of the private-key usage period: `usage_secs` after notBefore, never past notAfter.
+pub fn usage_end(dsc: &Dsc, usage_secs: i64) -> i64 {
+    dsc.not_before.saturating_add(usage_secs).min(dsc.not_after)
+}
+
+/// The import checks that do not need the HSM: country and key type.
+fn check_dsc(dsc: &Dsc, country: &str) -> Result<(), KeyError> {
+    if dsc.country.as_deref() != Some(country) {
+        return Err(KeyError::Invalid(format!(
+            "the DSC's country {} is not the issuing country {country}",
+            dsc.country.as_deref().map_or("(none)".to_owned(), |c| format!("{c:?}"))
+        )));
+    }
+    if !matches!(dsc.key, pki::dsc::DscKey::P256(_)) {
+        return Err(KeyError::Invalid("the DSC's key is not P-256 (ES256)".into()));
+    }
+    Ok(())
+}
+
+/// Shared handle.
+pub type SharedLifecycle = Arc<Lifecycle>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(approvals: &[(&str, i64)]) -> KeyRecord {
+        KeyRecord {
+            label: "k".into(),
+            state: KeyState::Certified,
+            created_at: 0,
+            created_by: "o".into(),
+            certificate: None,
+            usage_days: None,
+            approvals: approvals.iter().map(|(o, at)| Approval { officer: (*o).into(), at: *at }).collect(),
+            activated_at: None,
+            activated_ms: None,
+            retired: None,
+        }
+    }
+
+    #[test]
+    fn approvals_expire_and_count_once_per_officer() {
+        let r = record(&[("officer1", 100), ("officer1", 150), ("officer2", 10)]);
+        // TTL 100: officer2's approval at 10 has expired at 160; officer1 counts once, latest.
+        let live = r.live_approvals(100, 160);
+        assert_eq!(live, vec![Approval { officer: "officer1".into(), at: 150 }]);
+        assert_eq!(r.live_approvals(1000, 160).len(), 2);
+        assert!(r.live_approvals(10, 1000).is_empty());
+    }
+
+    #[test]
+    fn import_policy_refuses_another_country_and_other_curves() {
+        let dsc = |country: Option<&str>, key| Dsc {
+            der: vec![1],
+            kid: [0; 8],
+            not_before: 0,
+            not_after: 10,
+            country: country.map(str::to_owned),
+            subject: "CN=x".into(),
+            key,
+            allowed: None,
+        };
+        let p256 = pki::dsc::DscKey::P256(vec![4; 65]);
+        assert!(check_dsc(&dsc(Some("VN"), p256.clone()), "VN").is_ok());
+        let e = check_dsc(&dsc(Some("FR"), p256.clone()), "VN").unwrap_err().to_string();
+        assert!(e.contains("country \"FR\" is not the issuing country VN"), "{e}");
+        assert!(check_dsc(&dsc(None, p256), "VN").unwrap_err().to_string().contains("(none)"));
+        let rsa = pki::dsc::DscKey::Rsa(vec![1]);
+        assert!(check_dsc(&dsc(Some("VN"), rsa), "VN").unwrap_err().to_string().contains("P-256"));
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_unknown_fields() {
+        let r = record(&[("officer1", 5)]);
+        let back = KeyRecord::decode("k", &r.encode()).unwrap();
+        assert_eq!(back, r);
+        let mut v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        v["state"] = "active!".into();
+        assert!(KeyRecord::decode("k", &serde_json::to_vec(&v).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The audit log's storage: entries appended under one lock so the chain is a line, each append
+//! in the same sled transaction as the change it records (a result, a key's new state), and
+//! flushed before the change is visible or answered.
+
+use std::sync::{MutexGuard, PoisonError};
+
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+
+use super::{Store, StoreError};
+use crate::audit::{Entry, Event, FIRST_SEQ, GENESIS, Hash};
+
+/// The end of the chain: the next sequence number and the last hash.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AuditHead {
+    pub next: u64,
+    pub hash: Hash,
+}
+
+impl AuditHead {
+    /// Reads the end of the chain from the tree at open.
+    pub(super) fn load(tree: &sled::Tree) -> Result<AuditHead, StoreError> {
+        let Some((k, v)) = tree.last().map_err(|e| StoreError::Io(e.to_string()))? else {
+            return Ok(AuditHead { next: FIRST_SEQ, hash: GENESIS });
+        };
+        let seq = super::layout::decode_seq(&k)?;
+        let hash: Hash = v
+            .get(..32)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("audit entry {seq} is truncated")))?;
+        Ok(AuditHead { next: seq + 1, hash })
+    }
+
+    /// Appends `event` inside a transaction, moving this (transaction-local) head.
+    pub(super) fn append(
+        &mut self,
+        tree: &TransactionalTree,
+        time: i64,
+        event: Event,
+    ) -> Result<(), UnabortableTransactionError> {
+        let (stored, hash) = Entry { seq: self.next, time, event }.seal(&self.hash);
+        tree.insert(&self.next.to_be_bytes()[..], stored)?;
+        self.next += 1;
+        self.hash = hash;
+        Ok(())
+    }
+
+    /// A copy of this head moved past `events` appended in order (the transaction retries with
+    /// the original head, so the shared one changes only after the flush).
+    pub(super) fn appended(
+        &self,
+        tree: &TransactionalTree,
+        time: i64,
+        events: &[Event],
+    ) -> Result<AuditHead, UnabortableTransactionError> {
+        let mut h = *self;
+        for e in events {
+            h.append(tree, time, e.clone())?;
+        }
+        Ok(h)
+    }
+}
+
+/// A stored audit entry: its sequence number and its stored bytes (`hash ‖ JSON`).
+pub type RawEntry = (u64, Vec<u8>);
+
+impl Store {
+    /// Appends events (in order) and flushes; returns the sequence number of the last one.
+    pub fn audit_append(&self, events: Vec<Event>) -> Result<u64, StoreError> {
+        self.ensure_ok()?;
+        let now = super::unix_now();
+        let mut head = self.audit_head_lock();
+        let new_head = self
+            .inner
+            .audit
+            .transaction(|tree| Ok(head.appended(tree, now, &events)?))
+            .map_err(|e| self.tx_error(e))?;
+        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        *head = new_head;
+        Ok(new_head.next - 1)
+    }
+
+    /// Appends the event `make` builds from the chain's end (last sequence number, its hash and
+    /// whether that entry is a checkpoint) — for checkpoints, which must sign exactly the head
+    /// they follow. The chain is held still meanwhile; `make` returning `None` appends nothing.
+    pub fn audit_append_at_head<F>(&self, make: F) -> Result<Option<u64>, StoreError>
+    where
+        F: FnOnce(u64, &Hash, bool) -> Option<Event>,
+    {
+        self.ensure_ok()?;
+        let mut head = self.audit_head_lock();
+        let last = head.next - 1;
+        let last_is_checkpoint = match self.inner.audit.get(last.to_be_bytes()).map_err(|e| self.fail(e))? {
+            Some(v) => v
+                .get(32..)
+                .and_then(|body| serde_json::from_slice::<Entry>(body).ok())
+                .is_some_and(|e| matches!(e.event, Event::Checkpoint { .. })),
+            None => false,
+        };
+        let Some(event) = make(last, &head.hash, last_is_checkpoint) else { return Ok(None) };
+        let now = super::unix_now();
+        let events = [event];
+        let new_head = self
+            .inner
+            .audit
+            .transaction(|tree| Ok(head.appended(tree, now, &events)?))
+            .map_err(|e| self.tx_error(e))?;
+        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        *head = new_head;
+        Ok(Some(new_head.next - 1))
+    }
+
+    /// The last sequence number and chain hash (`(0, zeros)` for an empty log).
+    pub fn audit_head(&self) -> (u64, Hash) {
+        let head = self.audit_head_lock();
+        (head.next - 1, head.hash)
+    }
+
+    /// Every entry from `from` on, in order (a snapshot iterator: entries appended meanwhile
+    /// may or may not appear).
+    pub fn audit_entries(&self, from: u64) -> impl Iterator<Item = Result<RawEntry, StoreError>> + '_ {
+        self.inner.audit.range(from.to_be_bytes()..).map(move |item| {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
+            Ok((super::layout::decode_seq(&k)?, v.to_vec()))
+        })
+    }
+
+    pub(super) fn audit_head_lock(&self) -> MutexGuard<'_, AuditHead> {
+        // The head is only replaced whole after a successful flush.
+        self.inner.audit_head.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,61 @@
+//! Document Signer key records: each key's lifecycle state, kept as the key module serializes it,
+//! and changed only together with the audit entry that records the change.
+
+use sled::Transactional;
+
+use super::{Store, StoreError};
+use crate::audit::Event;
+
+impl Store {
+    /// Every key record, by label.
+    pub fn key_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.ensure_ok()?;
+        let mut out = Vec::new();
+        for item in self.inner.keys.iter() {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
+            let label = String::from_utf8(k.to_vec())
+                .map_err(|_| StoreError::Corrupt("a key label is not UTF-8".into()))?;
+            out.push((label, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One key record.
+    pub fn key_record(&self, label: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.ensure_ok()?;
+        Ok(self.inner.keys.get(label.as_bytes()).map_err(|e| self.fail(e))?.map(|v| v.to_vec()))
+    }
+
+    /// Writes a key record and the audit events recording the change in one transaction, then
+    /// flushes. With `expect` given, the write happens only if the stored record is still exactly
+    /// `expect` (`Some(None)`: absent) — two officers acting at once cannot overwrite each other;
+    /// a mismatch is [`StoreError::Conflict`].
+    pub fn put_key_record(
+        &self,
+        label: &str,
+        record: &[u8],
+        expect: Option<Option<&[u8]>>,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
+        self.ensure_ok()?;
+        let now = super::unix_now();
+        let mut head = self.audit_head_lock();
+        let new_head = (&self.inner.keys, &self.inner.audit)
+            .transaction(|(keys, audit)| {
+                if let Some(expect) = expect {
+                    let current = keys.get(label.as_bytes())?;
+                    if current.as_deref() != expect {
+                        return Err(super::batches::abort(StoreError::Conflict(
+                            "the key changed meanwhile: read it again and retry",
+                        )));
+                    }
+                }
+                keys.insert(label.as_bytes(), record)?;
+                Ok(head.appended(audit, now, &events)?)
+            })
+            .map_err(|e| self.tx_error(e))?;
+        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        *head = new_head;
+        Ok(())
+    }
+}
