@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# The systemd units: verify is clean, sandbox exposure within bounds (a second or two).
+bash scripts/check-systemd.sh
+# monitoring/: promtool rule checks and alert unit tests, dashboard queries and schema.
+bash scripts/check-monitoring.sh
 
 cargo fmt --all --check
 cargo clippy --locked --all-targets --features yubihsm-mock -- -D warnings

@@ -172,14 +172,15 @@ pub struct KeysConfig {
     /// Default private-key usage period in days from the DSC's notBefore (default 182: EU
     /// governance, six months); a key may be given its own at import.
     pub usage_days: u32,
-    /// Readiness fails when no active key's usage period has more than this many hours left
-    /// (default 0: only when none can sign).
+    /// `/readyz` fails when, for some certificate type, no active key will still sign this
+    /// many hours from now (default 1; 0 checks only now). Alerts warn weeks ahead; this keeps a
+    /// node whose keys are about to stop out of the load balancer.
     pub readiness_horizon_hours: u32,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self { approval_hours: 24, usage_days: 182, readiness_horizon_hours: 0 }
+        Self { approval_hours: 24, usage_days: 182, readiness_horizon_hours: 1 }
     }
 }
 

@@ -43,7 +43,35 @@ pub enum Error {
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Exit status for errors a restart cannot fix (configuration, PIN, missing module or token):
+/// `EX_CONFIG`. The systemd unit does not restart on it (`RestartPreventExitStatus=78`), so a
+/// wrong PIN is never retried by a restart loop until the token locks.
+pub const EXIT_CONFIG: u8 = 78;
+
 impl Error {
+    /// The process exit status for this error: [`EXIT_CONFIG`] when retrying cannot help, 1
+    /// otherwise.
+    pub fn exit_code(&self) -> u8 {
+        use crate::hsm::Error as H;
+        match self {
+            Error::Config(_) | Error::File { .. } | Error::Pki(_) => EXIT_CONFIG,
+            Error::Hsm(e)
+                if e.is_pin_error()
+                    || matches!(
+                        e,
+                        H::ModuleNotFound { .. }
+                            | H::TokenNotFound { .. }
+                            | H::KeyNotFound { .. }
+                            | H::PinSource { .. }
+                            | H::Config(_)
+                    ) =>
+            {
+                EXIT_CONFIG
+            }
+            _ => 1,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns, so the message says which file.
     pub fn file(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();

@@ -17,6 +17,7 @@ pub mod hcert;
 pub mod hsm;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod pki;
 pub mod store;

@@ -1,11 +1,27 @@
-//! Logging: to the journal with structured fields under systemd, readable lines on stderr
-//! otherwise. What is logged is the appliance's business only: never a PIN, a key, a name or a
+//! Logging: to the journal with structured fields under systemd (the record's key-values become
+//! journal fields such as `BATCH_ID=`, `KID=`, `LABEL=`, `OFFICER=`, beside `TARGET=` and
+//! `CODE_*=`), readable lines on stderr otherwise. What is logged is the appliance's business only: never a PIN, a key, a name or a
 //! birth date (the codec's errors name fields, not values, for exactly this reason).
 
 use std::io::Write;
 
-/// Stderr lines: `LEVEL target: message`.
+/// Stderr lines: `LEVEL target: message key=value…`.
 struct Stderr;
+
+/// Appends structured fields as ` key=value`.
+struct Fields<'a>(&'a mut String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {key}={value}");
+        Ok(())
+    }
+}
 
 impl log::Log for Stderr {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
@@ -14,8 +30,10 @@ impl log::Log for Stderr {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
+            let mut fields = String::new();
+            let _ = record.key_values().visit(&mut Fields(&mut fields));
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{:<5} {}: {}", record.level(), record.target(), record.args());
+            let _ = writeln!(err, "{:<5} {}: {}{fields}", record.level(), record.target(), record.args());
         }
     }
 

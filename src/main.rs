@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, actionable: the error types carry the context.
             eprintln!("hcert-signer: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct AppState {
     pub audit: AuditSigner,
     /// The key that signs gateway uploads, if configured.
     pub upload: Option<Arc<UploadKey>>,
+    /// Readiness requires a DSC that still signs this many seconds from now.
+    pub readiness_horizon_secs: i64,
 }
 
 /// The country's gateway upload key: its HSM label and its certificate.
@@ -174,6 +176,32 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
 /// Dispatches an authenticated request (`client` is `None` when the certificate chains to a
 /// trusted CA but names no configured client).
 pub async fn route<B>(state: Arc<AppState>, client: Option<Arc<Client>>, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let template = route_template(req.method().as_str(), req.uri().path());
+    let response = dispatch(state, client, req).await;
+    crate::metrics::get().http_requests.with_label_values(&[template, response.status().as_str()]).inc();
+    response
+}
+
+/// The OpenAPI path template a request matches (`other` for none): a metric label that never
+/// carries a batch id or a key label.
+pub fn route_template(method: &str, path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    ROUTES
+        .iter()
+        .find(|(m, template)| {
+            let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+            *m == method
+                && parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(p, s)| p.starts_with('{') || p == s)
+        })
+        .map_or("other", |(_, template)| template)
+}
+
+async fn dispatch<B>(state: Arc<AppState>, client: Option<Arc<Client>>, req: Request<B>) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -305,5 +333,14 @@ mod tests {
         documented.sort();
         answered.sort();
         assert_eq!(documented, answered);
+    }
+
+    #[test]
+    fn route_templates_hide_ids_and_labels() {
+        assert_eq!(route_template("GET", "/v1/batches/0123abcd"), "/v1/batches/{id}");
+        assert_eq!(route_template("GET", "/v1/batches/x/results"), "/v1/batches/{id}/results");
+        assert_eq!(route_template("POST", "/v1/keys/dsc-9/approve"), "/v1/keys/{label}/approve");
+        assert_eq!(route_template("POST", "/v1/batches/x"), "other");
+        assert_eq!(route_template("GET", "/etc/passwd"), "other");
     }
 }

@@ -64,11 +64,14 @@ pub async fn serve_api(
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    log::info!("api: TLS handshake with {peer} failed: {e}");
+                    let reason = handshake_failure(&e);
+                    crate::metrics::get().tls_handshake_failures.with_label_values(&[reason]).inc();
+                    log::info!(peer:display = peer, reason = reason; "api: TLS handshake with {peer} failed: {e}");
                     return;
                 }
                 Err(_) => {
-                    log::info!("api: TLS handshake with {peer} timed out");
+                    crate::metrics::get().tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                    log::info!(peer:display = peer, reason = "timeout"; "api: TLS handshake with {peer} timed out");
                     return;
                 }
             };
@@ -102,7 +105,22 @@ pub async fn serve_api(
     }
 }
 
-/// Serves health and readiness (and later metrics) in plain HTTP until `stop` turns true.
+/// Why a TLS handshake failed, as a metric label.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>()) {
+        Some(TlsError::NoCertificatesPresented) => "no_client_certificate",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => "untrusted_certificate",
+        Some(TlsError::InvalidCertificate(_)) => "bad_certificate",
+        Some(_) => "protocol",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "protocol",
+        None => "other",
+    }
+}
+
+/// Serves health, readiness and metrics in plain HTTP until `stop` turns true.
 pub async fn serve_ops(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
@@ -124,6 +142,7 @@ pub async fn serve_ops(listener: TcpListener, state: Arc<AppState>, mut stop: wa
                     let r = match path.as_str() {
                         "/healthz" => super::routes::health::healthz(),
                         "/readyz" => super::routes::health::readyz(&state).await,
+                        "/metrics" => super::routes::metrics::handle(&state).await,
                         _ => {
                             super::error(http::StatusCode::NOT_FOUND, "no_route", format!("no route {path}"))
                         }

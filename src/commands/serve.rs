@@ -44,6 +44,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let env: Vec<(&str, &std::ffi::OsStr)> =
         config.hsm_environment.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))).collect();
     super::reexec_with_env(&env)?;
+    // Before any thread exists: taking them clears LISTEN_FDS from the environment.
+    let passed = passed_listeners()?;
     crate::logging::init(&config.log_level);
 
     let hsm = Hsm::open(&config.hsm)?;
@@ -121,16 +123,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         keys,
         audit: audit.clone(),
         upload,
+        readiness_horizon_secs: i64::from(config.keys.readiness_horizon_hours) * 3600,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("api").build()?;
     runtime.block_on(async {
-        let api = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(Error::file(format!("listen {}", config.listen)))?;
-        let ops = tokio::net::TcpListener::bind(config.metrics_listen)
-            .await
-            .map_err(Error::file(format!("metrics_listen {}", config.metrics_listen)))?;
+        let (api, ops) =
+            (listener(passed.api, config.listen).await?, listener(passed.ops, config.metrics_listen).await?);
+        let (api_addr, ops_addr) = (api.local_addr()?, ops.local_addr()?);
         let (stop_tx, stop_rx) = watch::channel(false);
         let api_task = tokio::spawn(crate::api::server::serve_api(
             api,
@@ -141,15 +141,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ));
         let ops_task = tokio::spawn(crate::api::server::serve_ops(ops, state.clone(), stop_rx));
         log::info!(
-            "serving on https://{} (operations on http://{}), {} key(s) in service",
-            config.listen,
-            config.metrics_listen,
+            "serving on https://{api_addr} (operations on http://{ops_addr}), {} key(s) in service",
             state.service.keyring.snapshot().len()
         );
+        let notifier = tokio::spawn(notify_systemd(state.clone(), pipeline.liveness()));
         let retention_secs = i64::from(config.store.retention_days) * 86_400;
         let checkpoints = Duration::from_secs(u64::from(config.audit.checkpoint_secs));
         wait_for_stop(&args.config, &tls_state, &state, &store, retention_secs, checkpoints).await;
         log::info!("stopping: no new connections; finishing requests in flight");
+        notifier.abort();
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
         let _ = api_task.await;
         let _ = ops_task.await;
@@ -163,6 +164,93 @@ pub fn run(args: Args) -> Result<ExitCode> {
     store.flush().map_err(|e| Error::Config(format!("store flush: {e}")))?;
     log::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Listening sockets handed over by systemd (socket activation, `LISTEN_FDS`).
+struct Passed {
+    api: Option<std::net::TcpListener>,
+    ops: Option<std::net::TcpListener>,
+}
+
+/// Takes the sockets systemd passed: by `LISTEN_FDNAMES` (`api`, `metrics`) when named,
+/// otherwise the first is the API and the second the operations listener.
+fn passed_listeners() -> Result<Passed> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(Passed { api: None, ops: None });
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|v| v.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let named = names.iter().any(|n| n == "api" || n == "metrics");
+    let position = |name: &str, default: usize| {
+        if named { names.iter().position(|n| n == name) } else { Some(default).filter(|&i| i < fds.len()) }
+    };
+    let (api_at, ops_at) = (position("api", 0), position("metrics", 1));
+    let mut take = |at: Option<usize>, what: &str| -> Result<Option<std::net::TcpListener>> {
+        match at {
+            Some(i) => fds
+                .take_tcp_listener(i)
+                .map_err(|e| Error::Config(format!("the {what} socket passed by systemd (fd #{i}): {e}"))),
+            None => Ok(None),
+        }
+    };
+    Ok(Passed { api: take(api_at, "API")?, ops: take(ops_at, "metrics")? })
+}
+
+/// The passed socket if any, else a new one bound to `addr`.
+async fn listener(
+    passed: Option<std::net::TcpListener>,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener> {
+    match passed {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => tokio::net::TcpListener::bind(addr).await.map_err(Error::file(format!("listen {addr}"))),
+    }
+}
+
+/// systemd `Type=notify`: `STATUS=` while the appliance cannot sign yet, `READY=1` once it can
+/// (HSM, store and an active DSC: the readiness checks), then `WATCHDOG=1` while every signing
+/// worker keeps going round its loop. Without systemd (`NOTIFY_SOCKET` unset) these are no-ops.
+async fn notify_systemd(state: Arc<AppState>, liveness: crate::pipeline::Liveness) {
+    use sd_notify::NotifyState;
+    let mut last_status = String::new();
+    loop {
+        let problems = crate::api::routes::health::evaluate(&state).await;
+        if problems.is_empty() {
+            let status = format!("signing with {} key(s)", state.service.keyring.snapshot().len());
+            let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            log::info!("ready: {status}");
+            break;
+        }
+        let status = format!("not ready: {}", problems.join("; "));
+        if status != last_status {
+            let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+            log::warn!("{status}");
+            last_status = status;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let Some(period) = sd_notify::watchdog_enabled() else { return };
+    // A worker is wedged when it has not gone round its loop for half the watchdog period
+    // (its longest legitimate pause is an HSM back-off of 5 s, or one call's timeout).
+    let stale_after = i64::try_from(period.as_secs() / 2).unwrap_or(i64::MAX).max(10);
+    let mut tick = tokio::time::interval(period / 3);
+    loop {
+        tick.tick().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if now - liveness.stalest() <= stale_after {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        } else {
+            log::error!(
+                "watchdog: a signing worker has not moved for {}s; not feeding the watchdog",
+                now - liveness.stalest()
+            );
+        }
+    }
 }
 
 /// Where the daemon writes the audit key's public half, for `hcert-signer audit verify`.
@@ -228,7 +316,10 @@ async fn wait_for_stop(
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 match tokio::task::spawn_blocking(move || store.purge_expired(now, retention_secs)).await {
                     Ok(Ok(0)) | Err(_) => {}
-                    Ok(Ok(n)) => log::warn!("retention: purged {n} batch(es) older than the retention period"),
+                    Ok(Ok(n)) => {
+                        crate::metrics::get().batches.with_label_values(&["expired"]).inc_by(n as u64);
+                        log::warn!("retention: purged {n} batch(es) older than the retention period")
+                    }
                     Ok(Err(e)) => log::error!("retention: purge failed: {e}"),
                 }
             }

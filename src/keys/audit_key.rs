@@ -55,7 +55,11 @@ impl AuditSigner {
                 return None;
             }
             match self.sign(last, head) {
-                Ok(signature) => Some(Event::Checkpoint { covers: last, head: hex::encode(head), signature }),
+                Ok(signature) => {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    crate::metrics::get().audit_last_checkpoint.set(now);
+                    Some(Event::Checkpoint { covers: last, head: hex::encode(head), signature })
+                }
                 Err(e) => {
                     log::error!("audit: cannot sign a checkpoint with {:?}: {e}", self.label);
                     None

@@ -394,7 +394,7 @@ impl Lifecycle {
             "P-256 key pair generated in the HSM".into(),
         );
         self.store.put_key_record(label, &r.encode(), Some(None), vec![ev])?;
-        log::info!("keys: {officer} generated key {label:?}");
+        log::info!(label = label, officer = officer, action = "generated"; "keys: {officer} generated key {label:?}");
         self.view(&r, now())
     }
 
@@ -475,7 +475,10 @@ impl Lifecycle {
             format!("{}; usage period ends {}", dsc.subject, rfc3339(end)),
         );
         self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), vec![ev])?;
-        log::info!("keys: {officer} imported the certificate of key {label:?} (kid {kid})");
+        log::info!(
+            label = label, officer = officer, kid = kid.as_str(), action = "certificate_imported";
+            "keys: {officer} imported the certificate of key {label:?} (kid {kid})"
+        );
         self.view(&r, now)
     }
 
@@ -528,9 +531,10 @@ impl Lifecycle {
         self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), events)?;
         if activate {
             self.refresh()?;
-            log::info!("keys: key {label:?} activated ({officer} gave the last approval)");
+            crate::metrics::get().key_rotations.inc();
+            log::info!(label = label, officer = officer, action = "activated"; "keys: key {label:?} activated ({officer} gave the last approval)");
         } else {
-            log::info!("keys: {officer} approved key {label:?}; waiting for another officer");
+            log::info!(label = label, officer = officer, action = "approved"; "keys: {officer} approved key {label:?}; waiting for another officer");
         }
         self.view(&r, now)
     }
@@ -550,7 +554,7 @@ impl Lifecycle {
         let ev = Self::event(KeyAction::Retired, &r, officer, kid, String::new());
         self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), vec![ev])?;
         self.refresh()?;
-        log::info!("keys: {officer} retired key {label:?}");
+        log::info!(label = label, officer = officer, action = "retired"; "keys: {officer} retired key {label:?}");
         self.view(&r, now)
     }
 
@@ -600,7 +604,7 @@ impl Lifecycle {
             "activated from the configuration file (bootstrap)".into(),
         );
         self.store.put_key_record(label, &r.encode(), Some(None), vec![ev])?;
-        log::info!("keys: key {label:?} activated from the configuration (bootstrap)");
+        log::info!(label = label, officer = source, action = "activated"; "keys: key {label:?} activated from the configuration (bootstrap)");
         drop(_op);
         self.refresh()
     }
@@ -619,6 +623,26 @@ impl Lifecycle {
             }
         }
         Ok(list)
+    }
+
+    /// The keys in the trust list with what operators watch: kid, notAfter, usage end, active.
+    pub fn published(&self) -> Result<Vec<Published>, KeyError> {
+        let now = now();
+        let mut out = Vec::new();
+        for r in self.records()? {
+            if matches!(r.state, KeyState::Active | KeyState::Retired)
+                && let Some(dsc) = r.dsc()?
+                && dsc.not_after > now
+            {
+                out.push(Published {
+                    kid: Self::kid_of(&dsc),
+                    not_after: dsc.not_after,
+                    usage_end: usage_end(&dsc, r.usage_secs(&self.policy)),
+                    active: r.state == KeyState::Active,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The DSC certificate (DER) of a certified, active or retired key.
@@ -660,6 +684,19 @@ fn check_dsc(dsc: &Dsc, country: &str) -> Result<(), KeyError> {
         return Err(KeyError::Invalid("the DSC's key is not P-256 (ES256)".into()));
     }
     Ok(())
+}
+
+/// A key in the trust list, as the metrics show it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// kid, base64.
+    pub kid: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+    /// End of the usage period, Unix seconds.
+    pub usage_end: i64,
+    /// Active (else retired).
+    pub active: bool,
 }
 
 /// Shared handle.

@@ -66,11 +66,23 @@ impl Waker {
     }
 }
 
+/// When each worker last went round its loop: the systemd watchdog is fed only while every
+/// worker does, so a wedged signer gets the daemon restarted.
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<Vec<AtomicI64>>);
+
+impl Liveness {
+    /// The oldest of the workers' last rounds (seconds); `now` with no workers.
+    pub fn stalest(&self) -> i64 {
+        self.0.iter().map(|h| h.load(Ordering::Relaxed)).min().unwrap_or_else(now)
+    }
+}
+
 /// Running workers.
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
     waker: Waker,
-    heartbeat: Arc<AtomicI64>,
+    liveness: Liveness,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -82,7 +94,7 @@ impl Pipeline {
     /// Starts the workers.
     pub fn start(store: Store, service: SigningService, config: PipelineConfig) -> std::io::Result<Pipeline> {
         let stop = Arc::new(AtomicBool::new(false));
-        let heartbeat = Arc::new(AtomicI64::new(now()));
+        let liveness = Liveness(Arc::new((0..config.workers).map(|_| AtomicI64::new(now())).collect()));
         let (tx, rx) = flume::bounded(config.workers * 2 + 1);
         let mut workers = Vec::new();
         // Zero workers is accept-only: batches are stored, nothing is signed (maintenance).
@@ -92,12 +104,13 @@ impl Pipeline {
                 signer: service.signer(),
                 rx: rx.clone(),
                 stop: stop.clone(),
-                heartbeat: heartbeat.clone(),
+                liveness: liveness.clone(),
+                index: n,
                 config: config.clone(),
             };
             workers.push(std::thread::Builder::new().name(format!("sign-{n}")).spawn(move || worker.run())?);
         }
-        Ok(Pipeline { stop, waker: Waker(tx), heartbeat, workers })
+        Ok(Pipeline { stop, waker: Waker(tx), liveness, workers })
     }
 
     /// A handle that wakes idle workers.
@@ -105,9 +118,9 @@ impl Pipeline {
         self.waker.clone()
     }
 
-    /// When a worker last went round its loop (seconds): the systemd watchdog pings from it.
-    pub fn heartbeat(&self) -> i64 {
-        self.heartbeat.load(Ordering::Relaxed)
+    /// The workers' heartbeats, for the systemd watchdog.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness.clone()
     }
 
     /// Stops taking new chunks, lets every worker finish (commit or release) the chunk it holds,
@@ -128,7 +141,8 @@ struct Worker {
     signer: ChunkSigner,
     rx: flume::Receiver<()>,
     stop: Arc<AtomicBool>,
-    heartbeat: Arc<AtomicI64>,
+    liveness: Liveness,
+    index: usize,
     config: PipelineConfig,
 }
 
@@ -136,7 +150,7 @@ impl Worker {
     fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         while !self.stop.load(Ordering::SeqCst) {
-            self.heartbeat.store(now(), Ordering::Relaxed);
+            self.liveness.0[self.index].store(now(), Ordering::Relaxed);
             let items = match self.store.claim(self.config.chunk_size) {
                 Ok(items) => items,
                 Err(e) => {

@@ -96,7 +96,9 @@ impl ChunkSigner {
                 .iter()
                 .map(|&i| (pending[i].prepared.tbs.as_slice(), pending[i].prepared.digest))
                 .collect();
+            let started = std::time::Instant::now();
             let sigs = self.hsm.sign_many(label, &items)?;
+            crate::metrics::get().hsm_sign_duration.observe(started.elapsed().as_secs_f64());
             for (&i, sig) in members.iter().zip(sigs) {
                 signatures[i] = Some(sig);
             }

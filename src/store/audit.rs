@@ -75,7 +75,7 @@ impl Store {
             .transaction(|tree| Ok(head.appended(tree, now, &events)?))
             .map_err(|e| self.tx_error(e))?;
         self.inner.db.flush().map_err(|e| self.fail(e))?;
-        *head = new_head;
+        self.publish_head(&mut head, new_head);
         Ok(new_head.next - 1)
     }
 
@@ -105,7 +105,7 @@ impl Store {
             .transaction(|tree| Ok(head.appended(tree, now, &events)?))
             .map_err(|e| self.tx_error(e))?;
         self.inner.db.flush().map_err(|e| self.fail(e))?;
-        *head = new_head;
+        self.publish_head(&mut head, new_head);
         Ok(Some(new_head.next - 1))
     }
 
@@ -122,6 +122,12 @@ impl Store {
             let (k, v) = item.map_err(|e| self.fail(e))?;
             Ok((super::layout::decode_seq(&k)?, v.to_vec()))
         })
+    }
+
+    /// Makes a flushed append visible: the new end of the chain, and the count.
+    pub(super) fn publish_head(&self, head: &mut AuditHead, new_head: AuditHead) {
+        crate::metrics::get().audit_entries.inc_by(new_head.next.saturating_sub(head.next));
+        *head = new_head;
     }
 
     pub(super) fn audit_head_lock(&self) -> MutexGuard<'_, AuditHead> {

@@ -55,7 +55,7 @@ impl Store {
             })
             .map_err(|e| self.tx_error(e))?;
         self.inner.db.flush().map_err(|e| self.fail(e))?;
-        *head = new_head;
+        self.publish_head(&mut head, new_head);
         Ok(())
     }
 }

@@ -79,6 +79,31 @@ impl Outcome {
     }
 }
 
+/// Counts what a commit made durable: signatures by kid, rejections by code, accepted → signed
+/// latency, batches completed.
+fn observe_commit(
+    results: &[Outcome],
+    lines: &[(RecordKey, sled::IVec, Option<SignedRecord>)],
+    applied: &[(usize, i64)],
+    batches_done: usize,
+) {
+    let m = crate::metrics::get();
+    let now = crate::metrics::now_secs();
+    for &(i, accepted_at) in applied {
+        match (&lines[i].2, &results[i].result) {
+            (Some(fact), _) => {
+                m.signatures.with_label_values(&[fact.kid.as_str()]).inc();
+                m.record_latency.observe((now - accepted_at as f64).max(0.0));
+            }
+            (None, RecordResult::Rejected { error, .. }) => {
+                m.rejected.with_label_values(&[error.code.as_str()]).inc();
+            }
+            (None, RecordResult::Signed { .. }) => {}
+        }
+    }
+    m.batches.with_label_values(&["done"]).inc_by(batches_done as u64);
+}
+
 /// What a claim needs to know about a record's batch.
 struct BatchInfo {
     id: String,
@@ -177,14 +202,16 @@ impl Store {
         // Held until the flush returned: readers see this commit only once it is durable.
         let visible = inner.visibility.write().unwrap_or_else(PoisonError::into_inner);
         let mut head = self.audit_head_lock();
-        let (stats, new_head) = (&inner.batches, &inner.pending, &inner.results, &inner.audit)
+        let (stats, new_head, applied) = (&inner.batches, &inner.pending, &inner.results, &inner.audit)
             .transaction(|(batches, pending, stored, audit)| {
                 let mut stats = CommitStats::default();
+                // (line index, when its batch was accepted), for the metrics after the flush.
+                let mut applied: Vec<(usize, i64)> = Vec::new();
                 // Signatures stored, per batch, for the audit log.
                 let mut signed_by_batch: BTreeMap<u64, Vec<SignedRecord>> = BTreeMap::new();
                 // Ordered, so the metadata writes happen in a stable order.
                 let mut metas: BTreeMap<u64, Option<(BatchMeta, bool)>> = BTreeMap::new();
-                for (key, line, signed) in &lines {
+                for (i, (key, line, signed)) in lines.iter().enumerate() {
                     let seq = key.batch_seq();
                     if let Entry::Vacant(slot) = metas.entry(seq) {
                         let meta = match batches.get(&layout::seq_key(seq)[..])? {
@@ -223,6 +250,7 @@ impl Store {
                     }
                     stored.insert(&k[..], line.clone())?;
                     pending.remove(&k[..])?;
+                    applied.push((i, meta.created_at));
                     if let Some(fact) = signed {
                         meta.signed = meta.signed.saturating_add(1);
                         stats.signed += 1;
@@ -254,13 +282,14 @@ impl Store {
                         h.append(audit, now, event)?;
                     }
                 }
-                Ok((stats, h))
+                Ok((stats, h, applied))
             })
             .map_err(|e| self.tx_error(e))?;
         inner.db.flush().map_err(|e| self.fail(e))?;
-        *head = new_head;
+        self.publish_head(&mut head, new_head);
         drop(head);
         drop(visible);
+        observe_commit(&results, &lines, &applied, stats.batches_done);
         inner.queued.fetch_sub(stats.applied as i64, Ordering::SeqCst);
         let mut leases = self.leases();
         for o in &results {

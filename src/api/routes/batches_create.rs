@@ -51,6 +51,13 @@ where
     })
     .await??;
     state.waker.wake();
+    if submitted.created {
+        crate::metrics::get().batches.with_label_values(&["accepted"]).inc();
+        log::info!(
+            batch_id = submitted.batch_id.as_str(), records = submitted.total, client = client.name.as_str();
+            "batch accepted"
+        );
+    }
     let body = serde_json::json!({
         "batch_id": submitted.batch_id,
         "state": "queued",

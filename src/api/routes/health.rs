@@ -1,5 +1,6 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (it can sign now: the HSM passed a
-//! live test-sign-and-verify recently, the store is open, a DSC in service covers now).
+//! live test-sign-and-verify recently, the store is open, and for every certificate type an
+//! active DSC covers now and still will after the readiness horizon).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -24,8 +25,19 @@ pub fn healthz() -> Response<Body> {
 
 /// Readiness, with what is wrong when it is not.
 pub async fn readyz(state: &Arc<AppState>) -> Response<Body> {
+    let problems = evaluate(state).await;
+    if problems.is_empty() {
+        json(StatusCode::OK, &serde_json::json!({"ready": true}))
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"ready": false, "problems": problems}))
+    }
+}
+
+/// What stands between the appliance and signing now (empty: ready), cached for [`CACHE`];
+/// also sets the `hcert_ready` and `hcert_hsm_up` gauges.
+pub async fn evaluate(state: &Arc<AppState>) -> Vec<String> {
     let cached = state.readiness.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let problems = match cached {
+    match cached {
         Some((at, problems)) if at.elapsed() < CACHE => problems,
         _ => {
             let st = state.clone();
@@ -34,17 +46,14 @@ pub async fn readyz(state: &Arc<AppState>) -> Response<Body> {
                 .unwrap_or_else(|_| vec!["the readiness check failed".into()]);
             *state.readiness.0.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((Instant::now(), problems.clone()));
+            crate::metrics::get().ready.set(i64::from(problems.is_empty()));
             problems
         }
-    };
-    if problems.is_empty() {
-        json(StatusCode::OK, &serde_json::json!({"ready": true}))
-    } else {
-        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"ready": false, "problems": problems}))
     }
 }
 
-fn check(state: &AppState) -> Vec<String> {
+/// Runs the checks (blocking: the store and a live HSM signature).
+pub fn check(state: &AppState) -> Vec<String> {
     let mut problems = Vec::new();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Err(e) = state.store.check() {
@@ -53,17 +62,39 @@ fn check(state: &AppState) -> Vec<String> {
     let keys = state.service.keyring.snapshot();
     // Test-sign once with each key that would sign some certificate type now.
     let mut labels: Vec<String> = Vec::new();
+    let horizon = state.readiness_horizon_secs;
     for kind in [CertificateType::Vaccination, CertificateType::Test, CertificateType::Recovery] {
         match crate::keys::select(&keys, kind, now) {
-            Ok(k) if !labels.contains(&k.label) => labels.push(k.label),
-            Ok(_) => {}
+            Ok(k) => {
+                // Ready only if some key will still sign this type after the horizon.
+                if horizon > 0 && crate::keys::select(&keys, kind, now + horizon).is_err() {
+                    problems.push(format!(
+                        "keys: no active DSC may sign {} certificates {} hours from now (the readiness horizon): rotate the DSC",
+                        kind.name(),
+                        horizon / 3600
+                    ));
+                }
+                if !labels.contains(&k.label) {
+                    labels.push(k.label);
+                }
+            }
             Err(e) => problems.push(format!("keys: {e}")),
         }
     }
+    let mut hsm_up = !labels.is_empty();
     for label in &labels {
         if let Err(e) = state.service.hsm.check_key(label) {
+            hsm_up = false;
             problems.push(format!("hsm: test signature with {label:?} failed: {e}"));
         }
     }
+    if labels.is_empty() {
+        // No DSC to test with: the audit key proves the HSM signs.
+        match state.service.hsm.check_key(state.audit.label()) {
+            Ok(()) => hsm_up = true,
+            Err(e) => problems.push(format!("hsm: test signature failed: {e}")),
+        }
+    }
+    crate::metrics::get().hsm_up.set(i64::from(hsm_up));
     problems
 }

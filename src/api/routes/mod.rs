@@ -14,6 +14,7 @@ pub mod key_retire;
 pub mod key_upload;
 pub mod keys_create;
 pub mod keys_list;
+pub mod metrics;
 pub mod revocations;
 pub mod sign;
 pub mod trust_list;

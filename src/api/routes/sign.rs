@@ -44,6 +44,16 @@ where
                 .audit_append(vec![Event::Signed { batch: "sync".into(), client: issuer, records }])
                 .map_err(super::batches_create::store_error)?;
         }
+        let m = crate::metrics::get();
+        for s in &signed {
+            match (&s.audit, &s.result) {
+                (Some(fact), _) => m.signatures.with_label_values(&[fact.kid.as_str()]).inc(),
+                (None, crate::store::RecordResult::Rejected { error, .. }) => {
+                    m.rejected.with_label_values(&[error.code.as_str()]).inc()
+                }
+                (None, _) => {}
+            }
+        }
         Ok(signed.into_iter().map(|s| s.result).collect::<Vec<_>>())
     })
     .await;
