@@ -8,6 +8,8 @@ bash scripts/install-deps.sh
 bash scripts/check-systemd.sh
 # monitoring/: promtool rule checks and alert unit tests, dashboard queries and schema.
 bash scripts/check-monitoring.sh
+# Every fuzz target for a bounded time on its committed seed corpus (fuzz/README.md).
+bash scripts/fuzz-ci.sh
 
 cargo fmt --all --check
 cargo clippy --locked --all-targets --features yubihsm-mock -- -D warnings

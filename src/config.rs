@@ -101,11 +101,17 @@ pub struct StoreConfig {
     /// sled's page cache in MiB (default 32: with 200,000 records accepted the daemon stays
     /// well under 256 MiB of RSS; 64 leaves too little for the rest).
     pub cache_mb: u64,
+    /// Free space in MiB the store keeps on its file system (default 256): below it new batches
+    /// get 503 `store_full` while the batches already accepted are still signed and served into
+    /// that room; under half of it (at most 32 MiB) signing pauses too (readiness 503), so the
+    /// database never meets a full disk, which it does not survive. Both end once space is
+    /// freed, without a restart. 0 turns the checks off (tests only). At most 1,048,576 (1 TiB).
+    pub min_free_mb: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { retention_days: 7, cache_mb: 32 }
+        Self { retention_days: 7, cache_mb: 32, min_free_mb: 256 }
     }
 }
 
@@ -267,9 +273,17 @@ impl Config {
     /// Reads and checks a configuration file. Relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(Error::file(path))?;
-        let mut config: Config =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml_str(&text, base).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses and checks the text of a configuration file. Relative paths are taken from `base`
+    /// (the file's folder). Never reads a file: the paths are only resolved, not opened.
+    pub fn from_toml_str(text: &str, base: &Path) -> Result<Config> {
+        let mut config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         config.resolve(base);
         config.check()?;
         Ok(config)
@@ -329,6 +343,9 @@ impl Config {
         if self.store.retention_days == 0 {
             return bad("store.retention_days must be at least 1".into());
         }
+        if self.store.min_free_mb > 1 << 20 {
+            return bad("store.min_free_mb must be at most 1048576 (1 TiB)".into());
+        }
         if !matches!(self.log_level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
             return bad(format!(
                 "log_level {:?} is not one of error, warn, info, debug, trace",
@@ -376,6 +393,7 @@ mod tests {
         assert!(c.state_dir.is_absolute() && c.state_dir.ends_with("state"));
         assert!(c.tls.client_ca[0].ends_with("tls/ca.pem"));
         assert_eq!(c.clients[0].roles, vec![Role::Issue]);
+        assert_eq!(c.store.min_free_mb, 256);
     }
 
     #[test]
@@ -388,5 +406,7 @@ mod tests {
         assert!(load(&dup).unwrap_err().to_string().contains("configured twice"));
         let role = MINIMAL.replace("roles = [\"issue\"]", "roles = [\"admin\"]");
         assert!(load(&role).is_err());
+        let reserve = format!("{MINIMAL}\n[store]\nmin_free_mb = 2000000\n");
+        assert!(load(&reserve).unwrap_err().to_string().contains("min_free_mb"));
     }
 }

@@ -224,6 +224,7 @@ impl Metrics {
             "bad_certificate",
             "protocol",
             "timeout",
+            "peer_limit",
             "other",
         ] {
             self.tls_handshake_failures.with_label_values(&[reason]);

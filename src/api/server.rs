@@ -2,7 +2,9 @@
 //! HTTP on loopback: health, readiness, metrics — what probes and Prometheus reach without a
 //! client certificate).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -21,11 +23,56 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at most; beyond it new ones wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
+/// Connections from one address still in the TLS handshake, at most; beyond it new ones from
+/// that address are closed at once. Without it, one host's stalled handshakes (slowloris) held
+/// every connection slot for `HANDSHAKE_TIMEOUT` and other clients waited in the backlog.
+const MAX_HANDSHAKES_PER_PEER: usize = 64;
 
 fn http() -> http1::Builder {
     let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(64 * 1024);
+    // max_header_size too: max_buf_size alone is not a bound on a request head, whose reads may
+    // fill the buffer's spare capacity past it (a 100 KiB header line was served).
+    b.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .max_header_size(64 * 1024);
     b
+}
+
+/// Connections in the TLS handshake, by peer address.
+#[derive(Clone, Default)]
+struct Handshaking(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// A connection's place in [`Handshaking`], given back when dropped.
+struct HandshakeSlot {
+    all: Handshaking,
+    ip: IpAddr,
+}
+
+impl Handshaking {
+    /// A place for a handshake with `ip`, unless it has [`MAX_HANDSHAKES_PER_PEER`] already.
+    fn enter(&self, ip: IpAddr) -> Option<HandshakeSlot> {
+        let ip = ip.to_canonical();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot { all: self.clone(), ip })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut map = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves the API until `stop` turns true, then lets open requests finish (up to `grace`).
@@ -38,6 +85,7 @@ pub async fn serve_api(
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshaking = Handshaking::default();
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -55,6 +103,14 @@ pub async fn serve_api(
                 }
             },
         };
+        let Some(handshake) = handshaking.enter(peer.ip()) else {
+            // Closed at once (with its slot): per connection, so a debug line and a metric only.
+            crate::metrics::get().tls_handshake_failures.with_label_values(&["peer_limit"]).inc();
+            log::debug!(
+                "api: {peer} has {MAX_HANDSHAKES_PER_PEER} TLS handshakes under way; connection closed"
+            );
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let state = state.clone();
@@ -62,7 +118,10 @@ pub async fn serve_api(
         tokio::spawn(async move {
             let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    drop(handshake);
+                    s
+                }
                 Ok(Err(e)) => {
                     let reason = handshake_failure(&e);
                     crate::metrics::get().tls_handshake_failures.with_label_values(&[reason]).inc();
@@ -152,5 +211,25 @@ pub async fn serve_ops(listener: TcpListener, state: Arc<AppState>, mut stop: wa
             });
             let _ = http().serve_connection(TokioIo::new(tcp), svc).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_per_peer_are_capped_and_given_back() {
+        let h = Handshaking::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let slots: Vec<_> =
+            (0..MAX_HANDSHAKES_PER_PEER).map(|_| h.enter(a).expect("under the cap")).collect();
+        assert!(h.enter(a).is_none());
+        // The same host as an IPv4-mapped IPv6 address is the same peer; another host is not.
+        assert!(h.enter("::ffff:192.0.2.1".parse().unwrap()).is_none());
+        assert!(h.enter("192.0.2.2".parse().unwrap()).is_some());
+        drop(slots);
+        assert!(h.0.lock().unwrap().is_empty());
+        assert!(h.enter(a).is_some());
     }
 }

@@ -53,7 +53,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store_dir = config.state_dir.join("store");
     let store = Store::open(
         &store_dir,
-        StoreOptions { cache_capacity: config.store.cache_mb << 20, ..StoreOptions::default() },
+        StoreOptions {
+            cache_capacity: config.store.cache_mb << 20,
+            min_free_bytes: config.store.min_free_mb << 20,
+        },
     )
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
     let audit = AuditSigner::ensure(&hsm, &config.audit.key_label)?;
@@ -161,7 +164,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Err(e) = audit.checkpoint(&store) {
         log::error!("audit: final checkpoint failed: {e}");
     }
-    store.flush().map_err(|e| Error::Config(format!("store flush: {e}")))?;
+    // Not a configuration error: exit 1, so systemd restarts the daemon, whose recovery from
+    // disk is what a stopped store needs.
+    store.flush().map_err(|e| Error::Io(std::io::Error::other(format!("store flush: {e}"))))?;
     log::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

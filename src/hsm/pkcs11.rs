@@ -1010,6 +1010,18 @@ impl Ctx<'_> {
                     .pkcs11
                     .get_token_info(self.generation.slot)
                     .map_err(|e| self.fail("C_GetTokenInfo", e))?;
+                // And still logged in? Private keys are invisible to a session that lost its
+                // login (a C_Logout elsewhere in the process, a token reset): that is a fault to
+                // recover from by logging in again, not a missing key.
+                let state =
+                    s.get_session_info().map_err(|e| self.fail("C_GetSessionInfo", e))?.session_state();
+                if matches!(state, SessionState::RoPublic | SessionState::RwPublic) {
+                    self.inner.report_fault(self.generation, "the session lost its login");
+                    return Err(Error::Device {
+                        op: "C_FindObjects",
+                        rv: "CKR_USER_NOT_LOGGED_IN (the session lost its login)".into(),
+                    });
+                }
                 if let Ok(mut k) = self.inner.keys.write() {
                     k.remove(label);
                 }

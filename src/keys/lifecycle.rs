@@ -168,6 +168,11 @@ pub struct KeyView {
     pub retired: Option<ApprovalView>,
     /// Created when and by whom.
     pub created: ApprovalView,
+    /// SHA-256 of the key's public half (SubjectPublicKeyInfo DER), hex: compare it with the
+    /// CSR's at the CSCA (`openssl req -in K.csr -pubkey -noout | openssl pkey -pubin -outform DER
+    /// | sha256sum`). Absent when the HSM cannot be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_sha256: Option<String>,
 }
 
 /// An approval (or another officer action) as officers see it.
@@ -358,6 +363,11 @@ impl Lifecycle {
             activated_at: r.activated_at.map(rfc3339),
             retired: r.retired.as_ref().map(view_of),
             created: view_of(&Approval { officer: r.created_by.clone(), at: r.created_at }),
+            public_key_sha256: self
+                .hsm
+                .find_key(&r.label)
+                .ok()
+                .map(|k| hex::encode(crate::hsm::sha256(&k.public_key_der()))),
         })
     }
 

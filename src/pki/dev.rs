@@ -121,22 +121,41 @@ impl DevCa {
             })
             .collect::<Result<_, _>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue_leaf(params, 825)
+        let now = OffsetDateTime::now_utc();
+        self.issue_leaf(params, now - Duration::hours(1), now + Duration::days(825))
     }
 
-    /// A TLS client certificate whose subject CN is `common_name`, with a new key.
+    /// A TLS client certificate whose subject CN is `common_name`, with a new key, valid for
+    /// `days` from an hour ago.
     pub fn issue_client(&self, common_name: &str, days: i64) -> Result<Issued, Error> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_client_valid(common_name, now - Duration::hours(1), now + Duration::days(days))
+    }
+
+    /// A TLS client certificate whose subject CN is `common_name`, with a new key, valid from
+    /// `not_before` to `not_after` — which may both lie in the past or in the future (for tests
+    /// of expired and not-yet-valid client certificates).
+    pub fn issue_client_valid(
+        &self,
+        common_name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn_cn(common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue_leaf(params, days)
+        self.issue_leaf(params, not_before, not_after)
     }
 
-    fn issue_leaf(&self, mut params: CertificateParams, days: i64) -> Result<Issued, Error> {
+    fn issue_leaf(
+        &self,
+        mut params: CertificateParams,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err("key"))?;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(days);
+        params.not_before = not_before;
+        params.not_after = not_after;
         params.serial_number = Some(serial()?);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;

@@ -65,8 +65,14 @@ pub type RawEntry = (u64, Vec<u8>);
 
 impl Store {
     /// Appends events (in order) and flushes; returns the sequence number of the last one.
+    /// Signatures are signing: under the floor they wait like the pipeline's commits
+    /// ([`StoreError::BelowFloor`]); other events (start, key changes, revocations) are small and
+    /// always written.
     pub fn audit_append(&self, events: Vec<Event>) -> Result<u64, StoreError> {
         self.ensure_ok()?;
+        if events.iter().any(|e| matches!(e, Event::Signed { .. })) {
+            self.ensure_floor()?;
+        }
         let now = super::unix_now();
         let mut head = self.audit_head_lock();
         let new_head = self
@@ -74,7 +80,7 @@ impl Store {
             .audit
             .transaction(|tree| Ok(head.appended(tree, now, &events)?))
             .map_err(|e| self.tx_error(e))?;
-        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_db()?;
         self.publish_head(&mut head, new_head);
         Ok(new_head.next - 1)
     }
@@ -82,11 +88,13 @@ impl Store {
     /// Appends the event `make` builds from the chain's end (last sequence number, its hash and
     /// whether that entry is a checkpoint) — for checkpoints, which must sign exactly the head
     /// they follow. The chain is held still meanwhile; `make` returning `None` appends nothing.
+    /// Periodic, so under the floor it waits for the next period ([`StoreError::BelowFloor`]).
     pub fn audit_append_at_head<F>(&self, make: F) -> Result<Option<u64>, StoreError>
     where
         F: FnOnce(u64, &Hash, bool) -> Option<Event>,
     {
         self.ensure_ok()?;
+        self.ensure_floor()?;
         let mut head = self.audit_head_lock();
         let last = head.next - 1;
         let last_is_checkpoint = match self.inner.audit.get(last.to_be_bytes()).map_err(|e| self.fail(e))? {
@@ -104,7 +112,7 @@ impl Store {
             .audit
             .transaction(|tree| Ok(head.appended(tree, now, &events)?))
             .map_err(|e| self.tx_error(e))?;
-        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_db()?;
         self.publish_head(&mut head, new_head);
         Ok(Some(new_head.next - 1))
     }

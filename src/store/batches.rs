@@ -154,7 +154,7 @@ impl Store {
         };
         // Also for a replay: the first submission may still be flushing in another thread, and
         // a replay must not promise more than it.
-        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_db()?;
         Ok(submitted)
     }
 
@@ -239,20 +239,28 @@ impl Store {
         }
     }
 
+    /// Whether a new batch would be refused for lack of space right now
+    /// ([`StoreError::BelowReserve`]), for readiness to report. It does not stop the store:
+    /// work already accepted goes on being signed into the reserve. `Ok` with no reserve.
+    pub fn check_free_space(&self) -> Result<(), StoreError> {
+        self.free_space_for(0)
+    }
+
     /// Refuses a batch that would bring free space under the reserve, so sled never meets
     /// ENOSPC in normal operation (after which it cannot continue).
     fn ensure_free_space(&self, batch_bytes: u64) -> Result<(), StoreError> {
+        self.free_space_for(batch_bytes).inspect_err(|e| log::warn!("store: refusing a batch: {e}"))
+    }
+
+    fn free_space_for(&self, batch_bytes: u64) -> Result<(), StoreError> {
         let reserve = self.inner.options.min_free_bytes;
         if reserve == 0 {
             return Ok(());
         }
-        let st = rustix::fs::statvfs(&self.inner.dir)
-            .map_err(|e| StoreError::open_io(&self.inner.dir, "cannot read free space", &e.into()))?;
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let free = self.free_bytes()?;
         // The log holds the payloads now and their results later: twice the batch, roughly.
         if free < reserve.saturating_add(batch_bytes.saturating_mul(2)) {
-            log::warn!("store: refusing a batch: {free} bytes free, reserve {reserve}");
-            return Err(StoreError::Full);
+            return Err(StoreError::BelowReserve { free_mib: free >> 20, reserve_mib: reserve >> 20 });
         }
         Ok(())
     }
@@ -303,7 +311,7 @@ impl Store {
 
     fn finish_delete(&self, marked: Marked) -> Result<(), StoreError> {
         self.sweep(marked.seq)?;
-        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_db()?;
         Ok(())
     }
 

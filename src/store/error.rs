@@ -26,13 +26,39 @@ pub enum StoreError {
         /// The directory given to [`Store::open`](super::Store::open).
         path: PathBuf,
     },
-    /// The disk is full, or below the configured free-space reserve. Nothing was half-written:
-    /// the failed operation left no trace. After a write hit ENOSPC the handle stays failed
-    /// (sled cannot continue); free space and restart the daemon.
+    /// The disk is full: a write met ENOSPC. Nothing was half-written: the failed operation
+    /// left no trace. The handle stays failed (sled cannot continue); free space and restart the
+    /// daemon.
     #[error(
-        "the disk holding the store is full (or below its free-space reserve): free space; if writes had already failed, restart the daemon"
+        "the disk holding the store is full: a write failed and the store stopped; free space, then restart the daemon"
     )]
     Full,
+    /// `submit` refused a batch because the file system holding the store has less free space
+    /// than the reserve ([`StoreOptions::min_free_bytes`](super::StoreOptions)) kept for
+    /// signing the batches already accepted. Nothing was written and the store goes on
+    /// (signing, status, results); new batches are accepted again once space is freed, without a
+    /// restart.
+    #[error(
+        "the disk holding the store has {free_mib} MiB free, below the {reserve_mib} MiB reserve kept for signing the batches already accepted: new batches are refused until space is freed (no restart needed)"
+    )]
+    BelowReserve {
+        /// Free space, MiB (rounded down).
+        free_mib: u64,
+        /// The reserve, MiB (rounded down).
+        reserve_mib: u64,
+    },
+    /// Signing is paused: free space is under the floor the store keeps so that sled never
+    /// meets ENOSPC (which sled 0.34 does not survive: see [`Store`](super::Store)). Nothing was
+    /// written and the store goes on; signing resumes once space is freed, without a restart.
+    #[error(
+        "the disk holding the store has {free_mib} MiB free, under the {floor_mib} MiB floor its database must never reach: signing is paused until space is freed (no restart needed)"
+    )]
+    BelowFloor {
+        /// Free space, MiB (rounded down).
+        free_mib: u64,
+        /// The floor, MiB (rounded down).
+        floor_mib: u64,
+    },
     /// Reading or writing the store's files failed.
     #[error("store I/O failed: {0}; the store stopped accepting work: fix the disk, then restart the daemon")]
     Io(String),
@@ -54,12 +80,21 @@ impl StoreError {
     /// True when the condition is an outage of the store rather than a bad request: the API
     /// answers 503 with `Retry-After`, readiness goes red.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Open { .. } | Self::Locked { .. } | Self::Full | Self::Io(_) | Self::Failed(_))
+        matches!(
+            self,
+            Self::Open { .. }
+                | Self::Locked { .. }
+                | Self::Full
+                | Self::BelowReserve { .. }
+                | Self::BelowFloor { .. }
+                | Self::Io(_)
+                | Self::Failed(_)
+        )
     }
 
     /// True for a full disk (or a refused reservation), so callers can tell it apart in metrics.
     pub fn is_full(&self) -> bool {
-        matches!(self, Self::Full)
+        matches!(self, Self::Full | Self::BelowReserve { .. } | Self::BelowFloor { .. })
     }
 
     /// An I/O error met while opening `path`, with a hint for the usual causes.
@@ -91,6 +126,21 @@ pub(crate) fn is_enospc(e: &io::Error) -> bool {
         || e.to_string().contains("code: 28,")
 }
 
+/// An I/O error as operators should read it: sled re-wraps OS errors in their `Debug` form
+/// (`Os { code: 30, kind: ReadOnlyFilesystem, message: "Read-only file system" }`), which
+/// becomes `Read-only file system (os error 30)` again.
+pub(crate) fn io_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    let field = |name: &str| {
+        let start = text.find(name)? + name.len();
+        Some(&text[start..start + text[start..].find(['"', ','])?])
+    };
+    match (text.starts_with("Os {"), field("code: "), field("message: \"")) {
+        (true, Some(code), Some(message)) => format!("{message} (os error {code})"),
+        _ => one_line(&text),
+    }
+}
+
 /// Messages end up in single log lines and HTTP bodies.
 pub(crate) fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
@@ -108,6 +158,15 @@ mod tests {
         assert!(is_enospc(&wrapped));
         assert!(!is_enospc(&io::Error::from_raw_os_error(13)));
         assert!(matches!(StoreError::open_io(Path::new("/x"), "open", &raw), StoreError::Full));
+    }
+
+    #[test]
+    fn rewrapped_os_errors_read_as_os_errors() {
+        let raw = io::Error::from_raw_os_error(30);
+        let wrapped = io::Error::new(raw.kind(), format!("{raw:?}"));
+        assert_eq!(io_text(&wrapped), "Read-only file system (os error 30)");
+        assert_eq!(io_text(&raw), "Read-only file system (os error 30)");
+        assert_eq!(io_text(&io::Error::other("a\nb")), "a b");
     }
 
     #[test]

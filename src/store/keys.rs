@@ -54,7 +54,7 @@ impl Store {
                 Ok(head.appended(audit, now, &events)?)
             })
             .map_err(|e| self.tx_error(e))?;
-        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_db()?;
         self.publish_head(&mut head, new_head);
         Ok(())
     }

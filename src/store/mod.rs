@@ -26,15 +26,36 @@
 //!
 //! # Guarantees
 //!
-//! - `submit` writes metadata, payloads and mappings in one transaction and then flushes (fsync)
-//!   before returning: a returned batch id survives `kill -9` and power loss.
+//! - `submit` writes metadata, payloads and mappings in one transaction and then flushes (sled's
+//!   flush, then an fsync of its file: [`Store::flush`]) before returning: a returned batch id
+//!   survives `kill -9` and power loss.
 //! - `commit` inserts a result only for a record still pending, removes its payload and updates
 //!   its batch's counters in one transaction, then flushes. Readers of status and results never
 //!   see a commit before its flush returned, so a result is never released unless durable; a
 //!   crash before that just means the record is signed again.
 //! - Any sled I/O failure stops this handle ([`StoreError::Failed`] / [`StoreError::Full`]):
 //!   after a failed write sled's in-memory state may be ahead of the disk, so nothing is served
-//!   from it until the daemon restarts and recovers from what is on disk.
+//!   from it until the daemon restarts and recovers from what is on disk. A stopped handle is
+//!   never dropped (its sled database stays open until the process exits): sled flushes when
+//!   dropped, and after a failed write that flush can wait forever (below).
+//!
+//! # A full disk
+//!
+//! sled 0.34.7 does not survive ENOSPC (found by `softhsm-tests/disk.rs`): a log buffer whose
+//! write failed (or, for a large node, whose blob file could not be written) leaves a hole in
+//! its log while later buffers still reach the disk (overwriting pages a file already has needs
+//! no new space), and recovery skips the hole — so a transaction that was in flight, never
+//! acknowledged, can come back half-applied: a commit's payloads removed without its results (a
+//! record that is never signed), or its counters without its results. A failed blob write also
+//! leaves its buffer claimed forever without setting sled's error, so every later flush,
+//! including the one in sled's `Drop`, waits forever. Flushed transactions are not affected.
+//! sled's periodic flusher is off: it also cleans segments, writing while the store is idle.
+//! So the store keeps sled away from ENOSPC: `submit` keeps [`StoreOptions::min_free_bytes`]
+//! free (new batches are refused below it) and signing (`claim`, `commit`, audit entries of
+//! signatures, checkpoints) stops writing below a floor under that reserve
+//! ([`StoreError::BelowFloor`]), resuming when space is freed. What remains is a race with
+//! another process filling the floor between the check and sled's write; the other writes
+//! (start, key and revocation events, purges) are small and not held to the floor.
 
 mod audit;
 mod batches;
@@ -60,13 +81,15 @@ pub use queue::{CommitStats, Outcome};
 pub use record::{NewRecord, RecordError, RecordResult, WorkItem};
 pub use results::ResultIter;
 
-use error::{is_enospc, one_line};
+use error::{io_text, is_enospc, one_line};
 
 /// Schema version of the layout above, kept in sled's default tree.
 const SCHEMA_VERSION: u8 = 1;
 const SCHEMA_KEY: &[u8] = b"hcert-store-schema";
 /// Our own lock file, taken before sled's, for a clear "in use" error.
 const LOCK_FILE: &str = "store.lock";
+/// sled 0.34's log file in its directory.
+const SLED_FILE: &str = "db";
 
 /// Tuning of the store.
 #[derive(Debug, Clone)]
@@ -76,11 +99,18 @@ pub struct StoreOptions {
     /// about 166 MiB RSS at 16 MiB, 191 MiB at 32 MiB, 203–231 MiB at 64 MiB), so keep it
     /// modest under a 256 MiB budget. Default 32 MiB.
     pub cache_capacity: u64,
-    /// `submit` answers [`StoreError::Full`] when the file system has less than this many bytes
-    /// free (plus room for the batch) — before sled ever meets ENOSPC, after which it cannot go
-    /// on. This leaves room to commit the results of work already accepted. 0 disables it.
+    /// `submit` answers [`StoreError::BelowReserve`] when the file system has less than this
+    /// many bytes free (plus room for the batch) — before sled ever meets ENOSPC, after which it
+    /// cannot go on. This leaves room to commit the results of work already accepted; the store
+    /// does not stop, and accepts batches again once space is freed. Signing itself stops at the
+    /// floor, half of this but at most [`MAX_FLOOR`] ([`StoreError::BelowFloor`]). 0 disables
+    /// both (tests only).
     pub min_free_bytes: u64,
 }
+
+/// The most free space the signing pipeline keeps untouched (see [`StoreOptions`]): room for the
+/// writes in flight when it is reached (a few chunks' commits, sled's segments and blobs).
+pub const MAX_FLOOR: u64 = 32 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -97,6 +127,8 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
+    /// sled's log file (read-only: only for `sync_all`).
+    db_file: File,
     batches: sled::Tree,
     batch_ids: sled::Tree,
     idempotency: sled::Tree,
@@ -154,19 +186,28 @@ impl Store {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_capacity)
-            // Durability comes from our explicit flushes; the background flush only bounds
-            // what a crash loses of the best-effort writes (purge sweeps).
-            .flush_every_ms(Some(500));
+            // Durability comes from our explicit flushes (every write path ends in one; a purge
+            // sweep a crash interrupts is redone at the next open). No periodic flusher: besides
+            // flushing, it cleans segments, i.e. writes while the store is idle, and with the disk
+            // full such a write leaves sled hanging every later flush (see "A full disk").
+            // Segments are still cleaned as part of our own writes.
+            .flush_every_ms(None);
         let db = open_sled(dir, &config)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
         let (batches, batch_ids, idempotency, pending, results) =
             (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
         let (audit, keys) = (tree("audit")?, tree("keys")?);
         let audit_head = audit::AuditHead::load(&audit)?;
+        // sled's log file, for the fsync sled's own flush leaves out (see `flush_db`).
+        let db_file = File::open(dir.join(SLED_FILE))
+            .map_err(|e| StoreError::open_io(dir, "cannot open the database file", &e))?;
         match db.get(SCHEMA_KEY).map_err(|e| open_error(dir, e))? {
             None => {
                 db.insert(SCHEMA_KEY, &[SCHEMA_VERSION]).map_err(|e| open_error(dir, e))?;
                 db.flush().map_err(|e| open_error(dir, e))?;
+                db_file
+                    .sync_all()
+                    .map_err(|e| StoreError::open_io(dir, "cannot sync the database file", &e))?;
             }
             Some(v) if v.as_ref() == [SCHEMA_VERSION] => {}
             Some(v) => {
@@ -182,6 +223,7 @@ impl Store {
         let store = Self {
             inner: Arc::new(Inner {
                 db,
+                db_file,
                 batches,
                 batch_ids,
                 idempotency,
@@ -211,15 +253,29 @@ impl Store {
         &self.inner.dir
     }
 
-    /// Readiness: `Err` once the store has stopped after a failure (a restart is needed).
+    /// Readiness: `Err` once the store has stopped after a failure (a restart is needed), or
+    /// while free space is under the floor (signing paused until space is freed).
     pub fn check(&self) -> Result<(), StoreError> {
-        self.ensure_ok()
+        self.ensure_ok()?;
+        self.ensure_floor()
     }
 
     /// Flushes everything written so far to disk (fsync).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.ensure_ok()?;
-        self.inner.db.flush().map(|_| ()).map_err(|e| self.fail(e))
+        self.flush_db()
+    }
+
+    /// sled's flush, then an fsync of its file. sled 0.34 makes its log writes stable with
+    /// `sync_file_range`, which writes the pages but neither commits the metadata of blocks the
+    /// file just grew by nor flushes the disk's cache; only its periodic flusher (off here) ever
+    /// called fsync. Without this, a flushed write is lost with the file system's journal (a
+    /// power cut, ext4 aborting on an error): found by `softhsm-tests/disk.rs`, where a store
+    /// whose every write had been flushed came back empty. On ext4 (ordered data) the journal
+    /// commit this forces also covers sled's blob files, which sled writes without any sync.
+    pub(crate) fn flush_db(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map_err(|e| self.fail(e))?;
+        self.inner.db_file.sync_all().map_err(|e| self.fail(sled::Error::Io(e)))
     }
 
     /// Flushes and drops this handle (the files close when the last clone is gone).
@@ -255,7 +311,7 @@ impl Store {
         let (failure, err) = match &e {
             sled::Error::Io(io) if is_enospc(io) => (Failure::Full, StoreError::Full),
             sled::Error::Io(io) => {
-                let text = one_line(&io.to_string());
+                let text = io_text(io);
                 (Failure::Other(format!("I/O: {text}")), StoreError::Io(text))
             }
             other => {
@@ -265,8 +321,33 @@ impl Store {
         };
         if self.inner.failure.set(failure).is_ok() {
             log::error!("store: stopped after a storage failure: {err}");
+            // Never dropped from now on: sled flushes when dropped, and after some failed writes
+            // that flush never returns (see "A full disk"), which would hang the daemon's exit.
+            // Nothing is to be written any more anyway; the process exit closes the files.
+            std::mem::forget(self.inner.clone());
         }
         err
+    }
+
+    /// Refuses the signing pipeline's writes while free space is under the floor (see
+    /// [`StoreOptions::min_free_bytes`]), without stopping the store.
+    pub(crate) fn ensure_floor(&self) -> Result<(), StoreError> {
+        let floor = (self.inner.options.min_free_bytes / 2).min(MAX_FLOOR);
+        if floor == 0 {
+            return Ok(());
+        }
+        let free = self.free_bytes()?;
+        if free < floor {
+            return Err(StoreError::BelowFloor { free_mib: free >> 20, floor_mib: floor >> 20 });
+        }
+        Ok(())
+    }
+
+    /// Free space on the store's file system for this (unprivileged) process, in bytes.
+    fn free_bytes(&self) -> Result<u64, StoreError> {
+        let st = rustix::fs::statvfs(&self.inner.dir)
+            .map_err(|e| StoreError::open_io(&self.inner.dir, "cannot read free space", &e.into()))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// Maps a transaction's outcome; `Abort` carries our own typed error.

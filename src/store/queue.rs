@@ -121,6 +121,8 @@ impl Store {
         if max == 0 {
             return Ok(out);
         }
+        // Signing what could not be committed would only waste HSM operations.
+        self.ensure_floor()?;
         let mut leases = self.leases();
         let mut batches: HashMap<u64, Option<Arc<BatchInfo>>> = HashMap::new();
         while out.len() < max {
@@ -194,6 +196,8 @@ impl Store {
         if results.is_empty() {
             return Ok(CommitStats::default());
         }
+        // Under the floor sled could meet ENOSPC, which it does not survive (see the module).
+        self.ensure_floor()?;
         let results: Vec<Outcome> = results.into_iter().map(Into::into).collect();
         let lines: Vec<(RecordKey, sled::IVec, Option<SignedRecord>)> =
             results.iter().map(|o| (o.key, sled::IVec::from(o.result.to_json()), o.audit_record())).collect();
@@ -285,7 +289,7 @@ impl Store {
                 Ok((stats, h, applied))
             })
             .map_err(|e| self.tx_error(e))?;
-        inner.db.flush().map_err(|e| self.fail(e))?;
+        self.flush_db()?;
         self.publish_head(&mut head, new_head);
         drop(head);
         drop(visible);

@@ -683,8 +683,25 @@ fn a_full_disk_fails_with_full_and_keeps_earlier_batches() {
     assert!(!accepted.is_empty(), "some batches fit before the disk filled");
     println!("disk full after {} batches of 100 records: {failure}", accepted.len());
     // Free space, restart: every accepted batch is intact and pending; nothing half-written.
+    // The failed handle is never closed (its sled could hang flushing), so a restart is a copy
+    // of the files opened afresh.
     fs.remount("size=64m");
-    let store = open(&dir);
+    let copy = fs.path().join("restarted");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        } else {
+            // sled's blobs directory.
+            std::fs::create_dir_all(copy.join(entry.file_name())).unwrap();
+            for blob in std::fs::read_dir(entry.path()).unwrap() {
+                let blob = blob.unwrap();
+                std::fs::copy(blob.path(), copy.join(entry.file_name()).join(blob.file_name())).unwrap();
+            }
+        }
+    }
+    let store = open(&copy);
     let summary = check_invariants(&store);
     for s in &accepted {
         assert_eq!(summary.get(&s.batch_id), Some(&(100, 0, 0)), "accepted batch intact");

@@ -73,7 +73,18 @@ where
 }
 
 /// A store failure as an HTTP answer: a full or read-only disk is an outage (503), the rest 500.
+/// Free space below the reserve (or the floor) is `store_full`: the store goes on and accepts
+/// batches again once space is freed, no restart. A store that stopped is `store_unavailable`.
 pub fn store_error(e: StoreError) -> ApiError {
+    if let StoreError::BelowReserve { .. } | StoreError::BelowFloor { .. } = e {
+        // Logged by the store (a refused batch) or the pipeline (paused signing).
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_full",
+            format!("new batches are refused: {e}"),
+        )
+        .retry_after(60);
+    }
     log::error!("store: {e}");
     if e.is_unavailable() {
         ApiError::new(

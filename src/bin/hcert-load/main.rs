@@ -9,8 +9,12 @@
 //! - the daemon's RSS with a large number of records queued (signing paused).
 //!
 //! Run: `cargo build --release && target/release/hcert-load` (`--help` for the knobs).
+//!
+//! With `--soak SECS` it runs the soak test instead (see [`soak`]).
 
 #![forbid(unsafe_code)]
+
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,6 +60,11 @@ struct Args {
     /// Work in this directory instead of a temporary one (it must not exist yet).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run the soak test for this many seconds (at most 600) instead of the measurements: a mix
+    /// of batches, polls, fetch-verify-delete, synchronous signing and a key rotation at about
+    /// half the measured capacity, reporting RSS over time, errors and verification results.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=600))]
+    soak: Option<u64>,
 }
 
 const DIR_ENV: &str = "HCERT_LOAD_DIR";
@@ -127,6 +136,11 @@ fn run(args: Args) -> Result<(), String> {
 
     let mut daemon = Daemon::spawn(&dir, args.workers, args.chunk_size)?;
     daemon.wait_ready(ops)?;
+    if let Some(secs) = args.soak {
+        let report = rt.block_on(soak::run(&dir, listen, &tls, &daemon, Duration::from_secs(secs)));
+        daemon.stop();
+        return report;
+    }
     let (p50, p99) = rt.block_on(idle_latency(listen, &tls, args.idle_requests))?;
     println!(
         "idle POST /v1/sign, 1 record: p50 {:.2} ms, p99 {:.2} ms ({} requests)",
@@ -202,7 +216,7 @@ fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<f64, String>
     Ok(rate)
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
 }
 
@@ -262,6 +276,10 @@ impl Daemon {
         self.probe(ops, "/healthz", "HTTP/1.1 200")
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn rss_kib(&self) -> Result<(u64, u64), String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .map_err(|e| e.to_string())?;
@@ -281,13 +299,13 @@ impl Daemon {
 }
 
 /// Realistic records: the 100 sample people, with fresh refs and no UVCI (the appliance assigns).
-fn record_pool() -> Vec<Value> {
+pub(crate) fn record_pool() -> Vec<Value> {
     let sample: Value =
-        serde_json::from_str(include_str!("../../samples/sample-batch.json")).expect("sample batch");
+        serde_json::from_str(include_str!("../../../samples/sample-batch.json")).expect("sample batch");
     sample["records"].as_array().expect("records").iter().map(|r| r["dcc"].clone()).collect()
 }
 
-fn batch_body(pool: &[Value], start: usize, n: usize) -> Vec<u8> {
+pub(crate) fn batch_body(pool: &[Value], start: usize, n: usize) -> Vec<u8> {
     let records: Vec<Value> = (start..start + n)
         .map(|i| json!({"ref": format!("load-{i}"), "dcc": pool[i % pool.len()]}))
         .collect();
