@@ -58,6 +58,7 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-ci.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
 failed=()
+reproduce=()
 summary=()
 for t in "${targets[@]}"; do
     corpus="$scratch/corpus/$t"
@@ -84,9 +85,10 @@ for t in "${targets[@]}"; do
         echo "fuzz-ci: $t FAILED (exit $status); the end of its log:" >&2
         tail -n 40 "$log" >&2
         if [[ -n "$crash" ]]; then
-            echo "fuzz-ci: crash input: $crash" >&2
-            echo "fuzz-ci: reproduce with:" >&2
-            echo "  cd $fuzz_dir && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $sanitizer $t $crash" >&2
+            reproduce+=("$t: $crash"
+                "  cd $fuzz_dir && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $sanitizer $t $crash")
+        else
+            reproduce+=("$t: no input was written (see the log above)")
         fi
     fi
 done
@@ -97,7 +99,8 @@ echo "fuzz-ci: executions per target (${seconds}s each):"
 printf '  %s\n' "${summary[@]}"
 echo "fuzz-ci: build $((built - start))s, runs $((end - built))s, total $((end - start))s"
 if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "fuzz-ci: FAILED: ${failed[*]}" >&2
+    echo "fuzz-ci: FAILED: ${failed[*]}; the inputs, and how to reproduce:" >&2
+    printf '  %s\n' "${reproduce[@]}" >&2
     exit 1
 fi
 echo "fuzz-ci: no crash"
