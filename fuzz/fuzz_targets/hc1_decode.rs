@@ -24,8 +24,8 @@ use hcert_signer::hcert::validate::{FormatMode, SchemaOptions, check_schema_repo
 use hcert_signer::hcert::valuesets::ValueSets;
 use hcert_signer::hcert::verify::{Verification, Verifier};
 
-/// A few real DSCs (AT, CH with RSA, ES and PL-style EKUs, FI's non-strict DER, CO15's empty
-/// EKU), so that inputs carrying their kids reach signature and key-usage verification.
+/// Eight real DSCs (AT; CH with RSA; ES, IS and common vectors with EKUs; FI's non-strict DER;
+/// CO15's empty EKU), so that inputs with their kids reach signature and key-usage checks.
 static TRUST: LazyLock<TrustList> =
     LazyLock::new(|| TrustList::from_json(include_str!("../seed-trust-list.json")).expect("seed trust list"));
 
