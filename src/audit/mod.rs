@@ -38,6 +38,14 @@ pub fn hash128(data: &[u8]) -> [u8; 16] {
     out
 }
 
+/// RFC 3339 text of Unix seconds (the number itself if it is out of range).
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// One signature released by the appliance, without personal data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedRecord {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::{Entry, Event, SignedRecord};
+use super::{Entry, Event, SignedRecord, rfc3339};
 
 /// Most entries the gateway takes in one batch.
 pub const MAX_ENTRIES: usize = 1000;
@@ -130,13 +130,6 @@ pub fn batches<'a>(
         }
     }
     out
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

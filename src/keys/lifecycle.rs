@@ -204,13 +204,7 @@ fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// RFC 3339 text of Unix seconds.
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
-}
+pub use crate::audit::rfc3339;
 
 impl KeyRecord {
     fn dsc(&self) -> Result<Option<Dsc>, KeyError> {

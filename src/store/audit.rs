@@ -73,15 +73,21 @@ impl Store {
         if events.iter().any(|e| matches!(e, Event::Signed { .. })) {
             self.ensure_floor()?;
         }
-        let now = super::unix_now();
         let mut head = self.audit_head_lock();
+        self.append_locked(&mut head, &events)
+    }
+
+    /// Appends `events` while the caller holds the chain's end, flushes, and publishes the new
+    /// end; returns the last sequence number.
+    fn append_locked(&self, head: &mut AuditHead, events: &[Event]) -> Result<u64, StoreError> {
+        let now = super::unix_now();
         let new_head = self
             .inner
             .audit
-            .transaction(|tree| Ok(head.appended(tree, now, &events)?))
+            .transaction(|tree| Ok(head.appended(tree, now, events)?))
             .map_err(|e| self.tx_error(e))?;
         self.flush_db()?;
-        self.publish_head(&mut head, new_head);
+        self.publish_head(head, new_head);
         Ok(new_head.next - 1)
     }
 
@@ -105,16 +111,7 @@ impl Store {
             None => false,
         };
         let Some(event) = make(last, &head.hash, last_is_checkpoint) else { return Ok(None) };
-        let now = super::unix_now();
-        let events = [event];
-        let new_head = self
-            .inner
-            .audit
-            .transaction(|tree| Ok(head.appended(tree, now, &events)?))
-            .map_err(|e| self.tx_error(e))?;
-        self.flush_db()?;
-        self.publish_head(&mut head, new_head);
-        Ok(Some(new_head.next - 1))
+        self.append_locked(&mut head, &[event]).map(Some)
     }
 
     /// The last sequence number and chain hash (`(0, zeros)` for an empty log).
@@ -125,9 +122,13 @@ impl Store {
 
     /// Every entry from `from` on, in order (a snapshot iterator: entries appended meanwhile
     /// may or may not appear).
-    pub fn audit_entries(&self, from: u64) -> impl Iterator<Item = Result<RawEntry, StoreError>> + '_ {
+    pub fn audit_entries(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<RawEntry, StoreError>> + Send + 'static {
+        let store = self.clone();
         self.inner.audit.range(from.to_be_bytes()..).map(move |item| {
-            let (k, v) = item.map_err(|e| self.fail(e))?;
+            let (k, v) = item.map_err(|e| store.fail(e))?;
             Ok((super::layout::decode_seq(&k)?, v.to_vec()))
         })
     }

@@ -6,16 +6,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::{Bytes, BytesMut};
-use http::{Response, StatusCode, header};
-use http_body_util::BodyExt;
-use http_body_util::channel::Channel;
+use http::{Response, StatusCode};
 
-use super::text;
+use super::{ndjson, text};
 use crate::api::{ApiError, AppState, Body};
-
-/// Bytes gathered before a frame is sent.
-const FRAME_BYTES: usize = 64 * 1024;
 
 /// Streams the log from `from` (default: the first entry).
 pub async fn handle(state: &Arc<AppState>, query: Option<&str>) -> Response<Body> {
@@ -28,31 +22,12 @@ pub async fn handle(state: &Arc<AppState>, query: Option<&str>) -> Response<Body
         Ok(f) => f,
         Err(m) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_query", m).into_response(),
     };
-    let (mut tx, body) = Channel::<Bytes>::new(4);
-    let rt = tokio::runtime::Handle::current();
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::with_capacity(FRAME_BYTES + 4096);
-        for item in store.audit_entries(from) {
-            let Ok((seq, stored)) = item else {
-                log::error!("audit: reading the log failed mid-stream");
-                return;
-            };
-            let line = serde_json::json!({ "seq": seq, "entry": B64.encode(&stored) });
-            buf.extend_from_slice(line.to_string().as_bytes());
-            buf.extend_from_slice(b"\n");
-            if buf.len() >= FRAME_BYTES && rt.block_on(tx.send_data(buf.split().freeze())).is_err() {
-                return;
-            }
-        }
-        if !buf.is_empty() {
-            let _ = rt.block_on(tx.send_data(buf.freeze()));
-        }
+    let lines = state.store.audit_entries(from).map(|item| {
+        item.map(|(seq, stored)| {
+            serde_json::json!({ "seq": seq, "entry": B64.encode(&stored) }).to_string().into_bytes()
+        })
     });
-    let mut r = Response::new(body.boxed());
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
-    r
+    ndjson(lines, "audit")
 }
 
 /// The audit key's public half.
