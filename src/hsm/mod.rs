@@ -416,8 +416,8 @@ impl Hsm {
     /// sessions is in flight, so every session has work and none waits for this thread. Each
     /// request carries the [`Check`] of its slice, which the backend runs as soon as the slice
     /// is signed (a pool thread verifies slice *i* while another signs slice *i+1*). Results
-    /// are taken in order; on the first error the rest is dropped, which the backend takes as
-    /// abandoned, and nothing is returned.
+    /// are taken in order; on the first error nothing is returned (see [`root_cause`] for
+    /// which error the caller sees).
     fn pipeline<M: AsRef<[u8]>>(&self, label: &str, items: &[(M, [u8; 32])]) -> Result<Vec<[u8; 64]>, Error> {
         validate_label(label)?;
         let verifier = self.verifier(label)?;
@@ -427,7 +427,10 @@ impl Hsm {
         let mut out = Vec::with_capacity(items.len());
         self.submit_ahead(label, &verifier, items, window, &mut next, &mut in_flight)?;
         while let Some((range, pending)) = in_flight.pop_front() {
-            let sigs = pending.wait()?.into_signatures();
+            let sigs = match pending.wait() {
+                Ok(checked) => checked.into_signatures(),
+                Err(e) => return Err(root_cause(e, in_flight)),
+            };
             self.submit_ahead(label, &verifier, items, window, &mut next, &mut in_flight)?;
             // A check returns one signature per message; fail closed all the same.
             if sigs.len() != range.len() {
@@ -517,6 +520,23 @@ impl Hsm {
             backend: self.inner.backend.stats(),
         }
     }
+}
+
+/// The error to report when a slice of a pipelined request failed with `first`. A later slice,
+/// signed on another session, may have failed its software check and reset the pool, so that
+/// the earlier slice only saw the reset (`Unavailable`). The caller must learn of the bad
+/// signature — it is the cause, and what alerts count — so the slices still in flight are
+/// waited for (in parallel, each within the per-call timeout) and a bad signature among them
+/// wins. Their signatures are discarded either way.
+fn root_cause(first: Error, in_flight: VecDeque<(Range<usize>, PendingSignatures)>) -> Error {
+    if matches!(first, Error::BadSignature { .. }) {
+        return first;
+    }
+    in_flight
+        .into_iter()
+        .filter_map(|(_, pending)| pending.wait().err())
+        .find(|e| matches!(e, Error::BadSignature { .. }))
+        .unwrap_or(first)
 }
 
 /// Items in the next request of a batch with `remaining` items left after `done` submitted:
