@@ -3,7 +3,8 @@
 //! threads, in one run on a fresh SoftHSM2 token. Two views of the pool:
 //!
 //! * the pool machinery alone, at the backend level (`Backend::sign_digests`: queue, worker
-//!   session, timeout, reply — no verification), one digest per call and 64 per call; this is
+//!   session, timeout, reply — no verification), one digest per call and a pipeline chunk per
+//!   call (256 digests, the daemon's default `chunk_size`); this is
 //!   the pool's own overhead against the token (bench-only: `Hsm` has no unverified path);
 //! * the appliance's interface (`Hsm::sign` / `Hsm::sign_many`: pool, low-S, the mandatory
 //!   software verification of every signature).
@@ -36,8 +37,11 @@ const TOKEN: &str = "hcert-bench";
 const PIN: &str = "bench-pin-1234";
 const LABEL: &str = "bench-dsc";
 const CHILD_ENV: &str = "HCERT_BENCH_TOKEN_DIR";
-/// Records per batch call (`sign_many`, `sign_digests`), like a pipeline chunk.
-const CHUNK: usize = 64;
+/// Records per batch call (`sign_many`, `sign_digests`): what one pipeline chunk hands the HSM
+/// (`pipeline.chunk_size`, default 256).
+fn chunk() -> usize {
+    hcert_signer::pipeline::PipelineConfig::default().chunk_size
+}
 
 fn module() -> PathBuf {
     [
@@ -123,9 +127,10 @@ fn run(dir: PathBuf, args: &[String]) {
     }
 
     // Throughput, measured back to back so all columns see the same machine load.
+    let chunk = chunk();
     println!();
     println!(
-        "Signing throughput on SoftHSM2 {} (P-256; best of {rounds} x {secs:.1} s; pool of 2 sessions; batch calls of {CHUNK})",
+        "Signing throughput on SoftHSM2 {} (P-256; best of {rounds} x {secs:.1} s; pool of 2 sessions; batch calls of {chunk})",
         softhsm_version(&raw),
     );
     println!(
@@ -138,7 +143,7 @@ fn run(dir: PathBuf, args: &[String]) {
         "raw C_Sign/s",
         "1 digest/s",
         "ratio",
-        "64 digests/s",
+        "chunk digests/s",
         "ratio",
         "Hsm::sign/s",
         "ratio",
@@ -165,9 +170,9 @@ fn run(dir: PathBuf, args: &[String]) {
                 rate(threads, window, {
                     let (backend, items) = (backend.clone(), items.clone());
                     move |t, i| {
-                        let start = (t * 1000 + i * CHUNK) % (items.len() - CHUNK);
+                        let start = (t * 1000 + i * chunk) % (items.len() - chunk);
                         let digests: Vec<[u8; 32]> =
-                            items[start..start + CHUNK].iter().map(|(_, d)| *d).collect();
+                            items[start..start + chunk].iter().map(|(_, d)| *d).collect();
                         backend.sign_digests(LABEL, &digests).map(|v| v.len() as u64).expect("sign_digests")
                     }
                 }),
@@ -181,8 +186,8 @@ fn run(dir: PathBuf, args: &[String]) {
                 rate(threads, window, {
                     let (hsm, items) = (hsm.clone(), items.clone());
                     move |t, i| {
-                        let start = (t * 1000 + i * CHUNK) % (items.len() - CHUNK);
-                        hsm.sign_many(LABEL, &items[start..start + CHUNK])
+                        let start = (t * 1000 + i * chunk) % (items.len() - chunk);
+                        hsm.sign_many(LABEL, &items[start..start + chunk])
                             .map(|v| v.len() as u64)
                             .expect("Hsm::sign_many")
                     }

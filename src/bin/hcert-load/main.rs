@@ -42,7 +42,7 @@ struct Args {
     /// Concurrent mTLS connections submitting and fetching.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Seconds per raw C_Sign measurement window.
+    /// Seconds per raw C_Sign measurement window (each rate is the best of two).
     #[arg(long, default_value_t = 3.0)]
     raw_secs: f64,
     /// Single-record POST /v1/sign requests for the idle latency figure (25 ms apart).
@@ -117,8 +117,13 @@ fn run(args: Args) -> Result<(), String> {
 
     println!("hcert-load: setup in {}", dir.display());
     let window = Duration::from_secs_f64(args.raw_secs);
-    let raw1 = raw_rate(&dir, 1, window)?;
-    let raw2 = raw_rate(&dir, 2, window)?;
+    // Best of two windows each, interleaved: one window can land on a burst of other load,
+    // and an understated raw rate would flatter the ratio.
+    let (mut raw1, mut raw2) = (0f64, 0f64);
+    for _ in 0..2 {
+        raw1 = raw1.max(raw_rate(&dir, 1, window)?);
+        raw2 = raw2.max(raw_rate(&dir, 2, window)?);
+    }
     println!("raw C_Sign (CKM_ECDSA, SoftHSM2): 1 thread {raw1:.0}/s, 2 threads {raw2:.0}/s");
     let raw = raw1.max(raw2);
 
