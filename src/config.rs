@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::hsm::HsmConfig;
+use crate::hsm::{HsmConfig, PinSource};
 use crate::{Error, Result};
 
 /// The whole configuration file.
@@ -77,6 +77,9 @@ pub struct LimitsConfig {
     pub max_queued_records: u64,
     /// Requests per second per client, 0 for no limit (default 50).
     pub requests_per_second: u32,
+    /// Open connections per client (default 64): one client's idle keep-alive connections
+    /// must not take the slots every other issuer needs.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for LimitsConfig {
@@ -87,6 +90,7 @@ impl Default for LimitsConfig {
             max_sync_records: 100,
             max_queued_records: 1_000_000,
             requests_per_second: 50,
+            max_connections_per_client: 64,
         }
     }
 }
@@ -306,6 +310,16 @@ impl Config {
         if let Some(p) = self.signing.value_sets_dir.as_mut() {
             fix(p);
         }
+        // A PIN file named relative to the configuration sits beside it, like the TLS files.
+        // The PKCS#11 module path is left as written: a bare library name is for the dynamic
+        // loader's search path, as with every other PKCS#11 consumer.
+        let secret = match &mut self.hsm {
+            HsmConfig::Pkcs11(p) => &mut p.pin,
+            HsmConfig::Yubihsm(y) => &mut y.password,
+        };
+        if let PinSource::File(p) = secret {
+            fix(p);
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -318,6 +332,9 @@ impl Config {
         }
         if self.listen == self.metrics_listen {
             return bad("listen and metrics_listen must differ".into());
+        }
+        if self.limits.max_connections_per_client == 0 {
+            return bad("limits.max_connections_per_client must be at least 1".into());
         }
         if self.tls.client_ca.is_empty() {
             return bad("tls.client_ca must name at least one CA".into());
@@ -394,6 +411,20 @@ mod tests {
         assert!(c.tls.client_ca[0].ends_with("tls/ca.pem"));
         assert_eq!(c.clients[0].roles, vec![Role::Issue]);
         assert_eq!(c.store.min_free_mb, 256);
+        let crate::hsm::HsmConfig::Pkcs11(hsm) = &c.hsm else { panic!("pkcs11 expected") };
+        let PinSource::File(pin) = &hsm.pin else { panic!("a PIN file expected") };
+        assert!(pin.is_absolute() && pin.ends_with("hsm-pin"), "{pin:?}");
+        assert_eq!(hsm.module, Path::new("/usr/lib/softhsm/libsofthsm2.so"));
+    }
+
+    #[test]
+    fn absolute_pin_files_and_credentials_are_kept_as_written() {
+        let abs = MINIMAL.replace("pin = { file = \"hsm-pin\" }", "pin = { file = \"/etc/hcert/pin\" }");
+        let crate::hsm::HsmConfig::Pkcs11(hsm) = load(&abs).unwrap().hsm else { panic!("pkcs11") };
+        assert_eq!(hsm.pin, PinSource::File("/etc/hcert/pin".into()));
+        let cred = MINIMAL.replace("pin = { file = \"hsm-pin\" }", "pin = { credential = \"hsm-pin\" }");
+        let crate::hsm::HsmConfig::Pkcs11(hsm) = load(&cred).unwrap().hsm else { panic!("pkcs11") };
+        assert_eq!(hsm.pin, PinSource::Credential("hsm-pin".into()));
     }
 
     #[test]
