@@ -268,17 +268,57 @@ async fn sighup_reloads_clients_without_dropping_connections() {
 
     d.append_config("\n[[client]]\nname = \"issuer3\"\nroles = [\"issue\"]\n");
     d.signal("HUP");
-    let mut ok = false;
-    for _ in 0..50 {
-        let mut c = d.client("issuer3").await;
-        if c.get("/v1/trust-list").await.unwrap().status == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok, "issuer3 not accepted after SIGHUP: {}", d.log_text());
+    assert!(served_soon(&d, "issuer3").await, "issuer3 not accepted after SIGHUP: {}", d.log_text());
     // The connection opened before the reload still works.
     assert_eq!(open.get("/v1/trust-list").await.unwrap().status, 200);
     assert!(d.log_text().contains("reloaded TLS material"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_connection_cap_gets_429_and_others_are_served() {
+    let mut d = Daemon::init();
+    d.append_config("\n[limits]\nmax_connections_per_client = 2\n");
+    d.spawn();
+    d.wait_ready(Duration::from_secs(60));
+    let mut first = d.client("issuer").await;
+    let mut second = d.client("issuer").await;
+    assert_eq!(first.get("/v1/trust-list").await.unwrap().status, 200);
+    assert_eq!(second.get("/v1/trust-list").await.unwrap().status, 200);
+
+    // A third connection of the same client: told why, in HTTP, and closed.
+    let mut third = d.client("issuer").await;
+    let r = third.get("/v1/trust-list").await.unwrap_or_else(|e| panic!("{e}:\n{}", d.log_text()));
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.headers["connection"], "close");
+    let body = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("2 connections"), "{body}");
+    assert!(third.get("/v1/trust-list").await.is_err(), "the refused connection stays open");
+
+    // Another client has its own count; the first two connections keep working.
+    let mut other = d.client("issuer2").await;
+    assert_eq!(other.get("/v1/trust-list").await.unwrap().status, 200);
+    assert_eq!(first.get("/v1/trust-list").await.unwrap().status, 200);
+
+    // A closed connection gives its place back.
+    drop(second);
+    assert!(
+        served_soon(&d, "issuer").await,
+        "no place given back after a connection closed:\n{}",
+        d.log_text()
+    );
+}
+
+/// Whether a fresh connection of `client` gets the trust list within 5 s (changes on the
+/// server side — a reload, a connection closing — take effect asynchronously).
+async fn served_soon(d: &Daemon, client: &str) -> bool {
+    for _ in 0..50 {
+        let mut c = d.client(client).await;
+        if c.get("/v1/trust-list").await.unwrap().status == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

@@ -109,7 +109,9 @@ impl ApiClient {
     }
 
     /// Sends a request with an optional JSON body and reads the whole response. A 429 (rate
-    /// limited) is retried after the server's `Retry-After`, a few times, as a polite client does.
+    /// limited) is retried after the server's `Retry-After`, a few times, as a polite client does
+    /// — unless the server closes the connection with it (too many connections: this one is
+    /// gone, and the caller must decide).
     pub async fn request(&mut self, method: Method, path: &str, json: Option<Vec<u8>>) -> Result<Reply> {
         let body = Bytes::from(json.unwrap_or_default());
         let is_json = !body.is_empty();
@@ -117,7 +119,8 @@ impl ApiClient {
         loop {
             let reply = self.send(method.clone(), path, is_json, body.clone()).await?;
             attempt += 1;
-            if reply.status != StatusCode::TOO_MANY_REQUESTS || attempt >= 5 {
+            let closing = reply.headers.get(header::CONNECTION).is_some_and(|v| v.as_bytes() == b"close");
+            if reply.status != StatusCode::TOO_MANY_REQUESTS || attempt >= 5 || closing {
                 return Ok(reply);
             }
             let wait = reply

@@ -83,6 +83,8 @@ pub struct Limits {
     pub max_sync_records: usize,
     /// Above this many queued records, `POST /v1/batches` answers 503.
     pub max_queued_records: u64,
+    /// Open connections per client; requests on more are answered 429.
+    pub max_connections_per_client: usize,
 }
 
 /// Everything the routes share.

@@ -3,19 +3,21 @@
 //! client certificate).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use super::tls::{TlsState, certificate_names};
-use super::{AppState, route};
+use super::{ApiError, AppState, Body, route};
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,37 +41,44 @@ fn http() -> http1::Builder {
     b
 }
 
-/// Connections in the TLS handshake, by peer address.
-#[derive(Clone, Default)]
-struct Handshaking(Arc<Mutex<HashMap<IpAddr, usize>>>);
-
-/// A connection's place in [`Handshaking`], given back when dropped.
-struct HandshakeSlot {
-    all: Handshaking,
-    ip: IpAddr,
+/// Connections counted by a key (peer address while in the TLS handshake, client identity
+/// once authenticated), each key held to a cap.
+#[derive(Clone)]
+struct Slots<K: Eq + Hash + Clone> {
+    taken: Arc<Mutex<HashMap<K, usize>>>,
+    cap: usize,
 }
 
-impl Handshaking {
-    /// A place for a handshake with `ip`, unless it has [`MAX_HANDSHAKES_PER_PEER`] already.
-    fn enter(&self, ip: IpAddr) -> Option<HandshakeSlot> {
-        let ip = ip.to_canonical();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_PEER {
+/// A connection's place in [`Slots`], given back when dropped.
+struct Slot<K: Eq + Hash + Clone> {
+    all: Slots<K>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Slots<K> {
+    fn new(cap: usize) -> Self {
+        Self { taken: Arc::default(), cap }
+    }
+
+    /// A place for one more connection under `key`, unless it has `cap` already.
+    fn enter(&self, key: K) -> Option<Slot<K>> {
+        let mut map = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.clone()).or_insert(0);
+        if *n >= self.cap {
             return None;
         }
         *n += 1;
-        Some(HandshakeSlot { all: self.clone(), ip })
+        Some(Slot { all: self.clone(), key })
     }
 }
 
-impl Drop for HandshakeSlot {
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut map = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
+        let mut map = self.all.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.ip);
+                map.remove(&self.key);
             }
         }
     }
@@ -85,7 +94,8 @@ pub async fn serve_api(
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let handshaking = Handshaking::default();
+    let handshaking = Slots::<IpAddr>::new(MAX_HANDSHAKES_PER_PEER);
+    let per_client = Slots::<String>::new(state.limits.max_connections_per_client);
     loop {
         let permit = tokio::select! {
             _ = stop.changed() => break,
@@ -103,7 +113,7 @@ pub async fn serve_api(
                 }
             },
         };
-        let Some(handshake) = handshaking.enter(peer.ip()) else {
+        let Some(handshake) = handshaking.enter(peer.ip().to_canonical()) else {
             // Closed at once (with its slot): per connection, so a debug line and a metric only.
             crate::metrics::get().tls_handshake_failures.with_label_values(&["peer_limit"]).inc();
             log::debug!(
@@ -115,6 +125,7 @@ pub async fn serve_api(
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let state = state.clone();
         let watcher = graceful.watcher();
+        let per_client = per_client.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -147,14 +158,35 @@ pub async fn serve_api(
                     "api: {peer} presented a trusted certificate for {names:?}, which is no configured client"
                 );
             }
+            // Held for the connection's life. Over the cap, the connection is still served, but
+            // only to tell the client why in its own protocol (429, then closed).
+            let slot = client.as_ref().map(|c| (c.name.clone(), per_client.enter(c.name.clone())));
+            let over = match &slot {
+                Some((name, None)) => Some(name.clone()),
+                _ => None,
+            };
+            if let Some(name) = &over {
+                log::info!(
+                    peer:display = peer, client = name.as_str();
+                    "api: client {name:?} has {} connections open; connection from {peer} refused with 429",
+                    per_client.cap
+                );
+            }
+            let cap = per_client.cap;
             let svc = service_fn(move |req| {
-                let (state, client) = (state.clone(), client.clone());
-                async move { Ok::<_, std::convert::Infallible>(route(state, client, req).await) }
+                let (state, client, over) = (state.clone(), client.clone(), over.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(match over {
+                        Some(name) => too_many_connections(&name, cap),
+                        None => route(state, client, req).await,
+                    })
+                }
             });
             let conn = http().serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn).await {
                 log::debug!("api: connection from {peer}: {e}");
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -162,6 +194,20 @@ pub async fn serve_api(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => log::warn!("api: open connections did not finish within {grace:?}"),
     }
+}
+
+/// The answer on a connection past the client's cap: 429 with `Retry-After`, and the
+/// connection closed after it.
+fn too_many_connections(name: &str, cap: usize) -> Response<Body> {
+    let mut r = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        format!("client {name:?} already has {cap} connections open; reuse them or close some"),
+    )
+    .retry_after(1)
+    .into_response();
+    r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    r
 }
 
 /// Why a TLS handshake failed, as a metric label.
@@ -220,16 +266,27 @@ mod tests {
 
     #[test]
     fn handshakes_per_peer_are_capped_and_given_back() {
-        let h = Handshaking::default();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let h = Slots::<IpAddr>::new(MAX_HANDSHAKES_PER_PEER);
+        let enter = |ip: &str| h.enter(ip.parse::<IpAddr>().unwrap().to_canonical());
         let slots: Vec<_> =
-            (0..MAX_HANDSHAKES_PER_PEER).map(|_| h.enter(a).expect("under the cap")).collect();
-        assert!(h.enter(a).is_none());
+            (0..MAX_HANDSHAKES_PER_PEER).map(|_| enter("192.0.2.1").expect("under the cap")).collect();
+        assert!(enter("192.0.2.1").is_none());
         // The same host as an IPv4-mapped IPv6 address is the same peer; another host is not.
-        assert!(h.enter("::ffff:192.0.2.1".parse().unwrap()).is_none());
-        assert!(h.enter("192.0.2.2".parse().unwrap()).is_some());
+        assert!(enter("::ffff:192.0.2.1").is_none());
+        assert!(enter("192.0.2.2").is_some());
         drop(slots);
-        assert!(h.0.lock().unwrap().is_empty());
-        assert!(h.enter(a).is_some());
+        assert!(h.taken.lock().unwrap().is_empty());
+        assert!(enter("192.0.2.1").is_some());
+    }
+
+    #[test]
+    fn connections_per_client_are_capped_apart_and_given_back() {
+        let c = Slots::<String>::new(2);
+        let first = c.enter("issuer".into()).expect("1 of 2");
+        let _second = c.enter("issuer".into()).expect("2 of 2");
+        assert!(c.enter("issuer".into()).is_none());
+        assert!(c.enter("issuer2".into()).is_some(), "another client has its own count");
+        drop(first);
+        assert!(c.enter("issuer".into()).is_some());
     }
 }

@@ -119,6 +119,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             max_batch_records: config.limits.max_batch_records,
             max_sync_records: config.limits.max_sync_records,
             max_queued_records: config.limits.max_queued_records,
+            max_connections_per_client: config.limits.max_connections_per_client,
         },
         public_url: config.public_url.clone().unwrap_or_else(|| format!("https://{}", config.listen)),
         readiness: Default::default(),
