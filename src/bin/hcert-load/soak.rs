@@ -123,11 +123,17 @@ pub async fn run(
         counters.verified.load(Ordering::SeqCst),
         counters.errors.load(Ordering::SeqCst),
     );
+    // Growth per half: a leak grows as much in the second half as in the first, a cache
+    // filling up (sled's, the allocator's) mostly in the first.
+    let mid = rss_samples.get(rss_samples.len() / 2).copied().unwrap_or(0);
+    let first = rss_samples.first().copied().unwrap_or(0);
     println!(
-        "soak summary: {elapsed:.0}s, {} batches, {signed} records signed ({:.0}/s), {verified} verified, {} synchronous, {errors} errors, RSS {min}–{max} MiB (last {rss_last} MiB)",
+        "soak summary: {elapsed:.0}s, {} batches, {signed} records signed ({:.0}/s), {verified} verified, {} synchronous, {errors} errors, RSS {min}–{max} MiB (last {rss_last} MiB; {:+} MiB in the first half, {:+} MiB in the second)",
         counters.batches.load(Ordering::SeqCst),
         signed as f64 / elapsed,
         counters.sync_signed.load(Ordering::SeqCst),
+        mid as i64 - first as i64,
+        rss_last as i64 - mid as i64,
     );
     if errors > 0 || verified != signed {
         return Err(format!("{errors} errors, {} of {signed} not verified", signed - verified));
