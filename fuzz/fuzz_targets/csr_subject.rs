@@ -3,9 +3,9 @@
 //!
 //! Invariants, beyond "never panics":
 //! * a refusal is a subject parse error;
-//! * an accepted subject has a CN, each attribute at most once, no empty value and no value
-//!   with surrounding whitespace, and a C (if any) of two upper-case letters as a
-//!   PrintableString;
+//! * an accepted subject has a CN, each attribute at most once, no empty value, no value with
+//!   surrounding whitespace or a control character or over RFC 5280's length bound, and a C
+//!   (if any) of two upper-case letters as a PrintableString;
 //! * what the officer typed is what the CSCA reads: the subject goes into a CSR (as
 //!   `pki::csr::build_csr` does, with a software key here), and the CSR read back (as
 //!   `pki::dev::DevCa::certify_dsc` reads it) carries the same attributes in the same order.
@@ -42,6 +42,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             (DnType::CountryName, v) => panic!("C as {v:?}"),
             (_, DnValue::Utf8String(s)) => {
                 assert!(!s.is_empty() && s.trim() == s, "{ty:?} value {s:?}");
+                assert!(!s.chars().any(char::is_control), "{ty:?} value {s:?}");
+                let max = if matches!(ty, DnType::LocalityName | DnType::StateOrProvinceName) { 128 } else { 64 };
+                assert!(s.chars().count() <= max, "{ty:?} of {} characters", s.chars().count());
             }
             (_, v) => panic!("{ty:?} as {v:?}"),
         }

@@ -114,6 +114,15 @@ pub fn parse_subject(subject: &str) -> Result<DistinguishedName, Error> {
         if dn.get(&ty).is_some() {
             return Err(bad(format!("{attr} given twice")));
         }
+        // RFC 5280's upper bounds (ub-common-name and friends), in characters: a longer value
+        // makes a certificate that strict parsers — the gateway's among them — refuse.
+        let max = if matches!(ty, DnType::LocalityName | DnType::StateOrProvinceName) { 128 } else { 64 };
+        if value.chars().count() > max {
+            return Err(bad(format!("{attr} is longer than the {max} characters X.509 allows")));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(bad(format!("{attr} contains a control character")));
+        }
         let value = if ty == DnType::CountryName {
             // countryName is a two-letter PrintableString (RFC 5280).
             if value.len() != 2 || !value.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -187,9 +196,18 @@ mod tests {
             ("CN", "not ATTRIBUTE=value"),
             ("CN=a,CN=b", "twice"),
             ("CN=", "empty value"),
+            ("CN=x\u{7},O=y", "control character"),
+            ("CN=x,O=a\nb", "control character"),
         ] {
             let e = parse_subject(s).expect_err(s).to_string();
             assert!(e.contains(needle), "{s}: {e}");
         }
+        let cn = "é".repeat(64);
+        assert!(parse_subject(&format!("CN={cn}")).is_ok(), "64 characters (128 bytes) fit");
+        let e = parse_subject(&format!("CN={cn}x")).expect_err("65 characters").to_string();
+        assert!(e.contains("longer than the 64 characters"), "{e}");
+        let l = "x".repeat(128);
+        assert!(parse_subject(&format!("CN=a,L={l}")).is_ok());
+        assert!(parse_subject(&format!("CN=a,L={l}x")).is_err());
     }
 }
