@@ -143,16 +143,7 @@ async fn refusals() {
 
     // A certificate from a CA the server does not trust.
     let rogue = hcert_signer::pki::dev::DevCa::new("VN", "Rogue", "Rogue CA", 1).unwrap();
-    let cert = rogue.issue_client("issuer", 30).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.pem"), &cert.cert_pem).unwrap();
-    std::fs::write(dir.path().join("c.key"), &cert.key_pem).unwrap();
-    let tls = ClientTls::from_files(
-        &d.path().join("tls/ca.pem"),
-        &dir.path().join("c.pem"),
-        &dir.path().join("c.key"),
-    )
-    .unwrap();
+    let tls = d.tls_presenting(&rogue.issue_client("issuer", 30).unwrap());
     let refused = match ApiClient::connect(d.listen, "localhost", &tls).await {
         Err(_) => true,
         Ok(mut c) => c.get("/v1/trust-list").await.is_err(),

@@ -341,6 +341,23 @@ async fn read_all<R: AsyncReadExt + Unpin>(r: &mut R, within: Duration) -> (Vec<
     }
 }
 
+/// Writes `bytes` on `tls` while reading what comes back until the server closes (10 s at
+/// most): what was read. The server may stop reading, and close, long before the bytes are
+/// written, so the writing runs apart. Panics if the connection stays open after `what`.
+async fn write_until_closed(tls: Tls, bytes: &[u8], what: &str) -> Vec<u8> {
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let bytes = bytes.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        let _ = wr.flush().await;
+        wr
+    });
+    let (reply, end) = read_all(&mut rd, Duration::from_secs(10)).await;
+    assert!(!still_open(&end), "the server kept the connection open after {what}");
+    drop(writer.await);
+    reply
+}
+
 /// Whether [`read_all`] gave up on a connection the server kept open.
 fn still_open(end: &Result<(), String>) -> bool {
     matches!(end, Err(e) if e == "still open")
@@ -648,17 +665,7 @@ async fn oversized_headers() {
 /// server closes the connection afterwards.
 async fn oversized_exchange(config: Arc<rustls::ClientConfig>, to: SocketAddr, request: &[u8]) -> String {
     let tls = tls_connect(config, Ipv4Addr::LOCALHOST, to).await.unwrap();
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let request = request.to_vec();
-    // The server may stop reading (and close) long before the request is written.
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&request).await;
-        let _ = wr.flush().await;
-        wr
-    });
-    let (reply, end) = read_all(&mut rd, Duration::from_secs(10)).await;
-    assert!(!still_open(&end), "the server kept the connection open");
-    drop(writer.await);
+    let reply = write_until_closed(tls, request, "an oversized request").await;
     let text = String::from_utf8_lossy(&reply);
     match text.lines().next() {
         Some(line) if !line.is_empty() => line.to_owned(),
@@ -718,21 +725,12 @@ async fn http2_rapid_reset_has_no_surface() {
         // stream, nothing to reset.
         for config in [&no_alpn, &both] {
             let tls = tls_connect(config.clone(), ATTACKER, d.listen).await.unwrap();
-            let (mut rd, mut wr) = tokio::io::split(tls);
-            let flood = flood.clone();
-            let writer = tokio::spawn(async move {
-                let _ = wr.write_all(&flood).await;
-                let _ = wr.flush().await;
-                wr
-            });
-            let (reply, end) = read_all(&mut rd, Duration::from_secs(10)).await;
-            assert!(!still_open(&end), "the server kept an HTTP/2 connection open");
+            let reply = write_until_closed(tls, &flood, "an HTTP/2 preface").await;
             assert!(
                 reply.is_empty(),
                 "the server answered an HTTP/2 preface: {:?}",
                 String::from_utf8_lossy(&reply)
             );
-            drop(writer.await);
         }
         rounds += 1;
     }
@@ -797,16 +795,7 @@ async fn expired_and_not_yet_valid_client_certificates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_certificate_of_no_configured_client() {
     let (d, good) = setup().await;
-    let intruder = tls_ca(&d).issue_client("intruder", 30).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.pem"), &intruder.cert_pem).unwrap();
-    std::fs::write(dir.path().join("c.key"), &intruder.key_pem).unwrap();
-    let tls = ClientTls::from_files(
-        &d.path().join("tls/ca.pem"),
-        &dir.path().join("c.pem"),
-        &dir.path().join("c.key"),
-    )
-    .unwrap();
+    let tls = d.tls_presenting(&tls_ca(&d).issue_client("intruder", 30).unwrap());
     let before = good.rounds();
     let start = Instant::now();
     let body =

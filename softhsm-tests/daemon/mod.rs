@@ -145,6 +145,16 @@ impl Daemon {
         .expect("client tls")
     }
 
+    /// TLS settings presenting `issued` (a certificate a test made, trusted or not), with the
+    /// daemon's server CA as the root.
+    pub fn tls_presenting(&self, issued: &hcert_signer::pki::dev::Issued) -> ClientTls {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+        std::fs::write(&cert, &issued.cert_pem).expect("write certificate");
+        std::fs::write(&key, &issued.key_pem).expect("write key");
+        ClientTls::from_files(&self.path().join("tls/ca.pem"), &cert, &key).expect("client tls")
+    }
+
     /// A connected client as `name`.
     pub async fn client(&self, name: &str) -> ApiClient {
         ApiClient::connect(self.listen, "localhost", &self.tls(name)).await.expect("connect")

@@ -160,10 +160,12 @@ pub async fn serve_api(
             }
             // Held for the connection's life. Over the cap, the connection is still served, but
             // only to tell the client why in its own protocol (429, then closed).
-            let slot = client.as_ref().map(|c| (c.name.clone(), per_client.enter(c.name.clone())));
-            let over = match &slot {
-                Some((name, None)) => Some(name.clone()),
-                _ => None,
+            let (slot, over) = match &client {
+                Some(c) => match per_client.enter(c.name.clone()) {
+                    Some(slot) => (Some(slot), None),
+                    None => (None, Some(c.name.clone())),
+                },
+                None => (None, None),
             };
             if let Some(name) = &over {
                 log::info!(

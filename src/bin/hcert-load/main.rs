@@ -362,31 +362,12 @@ async fn throughput(
             loop {
                 let body = queue.lock().map_err(|_| "poisoned")?.pop();
                 let Some(body) = body else { break };
-                let r = c
-                    .request(http::Method::POST, "/v1/batches", Some(body))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if r.status != 202 {
-                    return Err(format!("submit: {} {}", r.status, String::from_utf8_lossy(&r.body)));
-                }
-                ids.push(
-                    r.json().map_err(|e| e.to_string())?["batch_id"].as_str().unwrap_or_default().to_owned(),
-                );
+                ids.push(submit(&mut c, body).await?);
             }
             let mut signed = 0u64;
             for id in ids {
-                loop {
-                    let s = c
-                        .get(&format!("/v1/batches/{id}"))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .json()
-                        .map_err(|e| e.to_string())?;
-                    if s["state"] == "done" {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                // Polled often: the measurement ends with the last result fetched.
+                wait_done(&mut c, &id, Duration::from_millis(50)).await?;
                 let r = c.get(&format!("/v1/batches/{id}/results")).await.map_err(|e| e.to_string())?;
                 signed += r
                     .body
@@ -406,6 +387,34 @@ async fn throughput(
     Ok((signed as f64 / elapsed.as_secs_f64(), signed, elapsed))
 }
 
+/// Submits a batch body; its id once the daemon answered 202.
+pub(crate) async fn submit(c: &mut ApiClient, body: Vec<u8>) -> Result<String, String> {
+    let r = c.request(http::Method::POST, "/v1/batches", Some(body)).await.map_err(|e| e.to_string())?;
+    if r.status != 202 {
+        return Err(format!("submit: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+    }
+    Ok(r.json().map_err(|e| e.to_string())?["batch_id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Polls a batch's status every `poll` until it is done (300 s at most); the final status.
+pub(crate) async fn wait_done(c: &mut ApiClient, id: &str, poll: Duration) -> Result<Value, String> {
+    let started = Instant::now();
+    loop {
+        let r = c.get(&format!("/v1/batches/{id}")).await.map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("status: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+        let s = r.json().map_err(|e| e.to_string())?;
+        if s["state"] == "done" {
+            return Ok(s);
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(format!("batch {id} not done after 300 s: {s}"));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 async fn fill_queue(
     listen: std::net::SocketAddr,
     tls: &ClientTls,
@@ -417,13 +426,7 @@ async fn fill_queue(
     let mut queued = 0;
     while queued < n {
         let k = batch.min(n - queued);
-        let r = c
-            .request(http::Method::POST, "/v1/batches", Some(batch_body(&pool, queued, k)))
-            .await
-            .map_err(|e| e.to_string())?;
-        if r.status != 202 {
-            return Err(format!("submit: {} {}", r.status, String::from_utf8_lossy(&r.body)));
-        }
+        submit(&mut c, batch_body(&pool, queued, k)).await?;
         queued += k;
     }
     Ok(queued)

@@ -15,12 +15,14 @@ use hcert_signer::hcert::TrustList;
 use hcert_signer::hcert::verify::Verifier;
 use serde_json::{Value, json};
 
-use super::{Daemon, batch_body, record_pool};
+use super::{Daemon, batch_body, record_pool, submit, wait_done};
 
 /// Records per soak batch.
 const BATCH: usize = 2000;
 /// Concurrent issuer connections.
 const CONNECTIONS: usize = 3;
+/// How often an issuer asks whether its batch is done (a patient integrator, not a benchmark).
+const SOAK_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
 struct Counters {
@@ -141,7 +143,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Records per second through the whole path: 20,000 records over the soak's connections.
+/// Records per second through the whole path: 20,000 records over four connections.
 async fn measure_capacity(listen: SocketAddr, tls: &ClientTls) -> Result<f64, String> {
     let pool = record_pool();
     let started = Instant::now();
@@ -151,7 +153,7 @@ async fn measure_capacity(listen: SocketAddr, tls: &ClientTls) -> Result<f64, St
         tasks.push(tokio::spawn(async move {
             let mut c = ApiClient::connect(listen, "localhost", &tls).await.map_err(|e| e.to_string())?;
             let id = submit(&mut c, body).await?;
-            wait_done(&mut c, &id).await?;
+            wait_done(&mut c, &id, SOAK_POLL).await?;
             c.delete(&format!("/v1/batches/{id}")).await.map_err(|e| e.to_string())?;
             Ok::<(), String>(())
         }));
@@ -160,32 +162,6 @@ async fn measure_capacity(listen: SocketAddr, tls: &ClientTls) -> Result<f64, St
         t.await.map_err(|e| e.to_string())??;
     }
     Ok(20_000.0 / started.elapsed().as_secs_f64())
-}
-
-async fn submit(c: &mut ApiClient, body: Vec<u8>) -> Result<String, String> {
-    let r = c.request(http::Method::POST, "/v1/batches", Some(body)).await.map_err(|e| e.to_string())?;
-    if r.status != 202 {
-        return Err(format!("submit: {} {}", r.status, String::from_utf8_lossy(&r.body)));
-    }
-    Ok(r.json().map_err(|e| e.to_string())?["batch_id"].as_str().unwrap_or_default().to_owned())
-}
-
-async fn wait_done(c: &mut ApiClient, id: &str) -> Result<Value, String> {
-    let started = Instant::now();
-    loop {
-        let r = c.get(&format!("/v1/batches/{id}")).await.map_err(|e| e.to_string())?;
-        if r.status != 200 {
-            return Err(format!("status: {} {}", r.status, String::from_utf8_lossy(&r.body)));
-        }
-        let s = r.json().map_err(|e| e.to_string())?;
-        if s["state"] == "done" {
-            return Ok(s);
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err(format!("batch {id} not done after 300 s: {s}"));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Verifies HC1 strings against the appliance's current trust list; returns how many passed.
@@ -211,7 +187,7 @@ async fn issuer_loop(listen: SocketAddr, tls: ClientTls, permits: flume::Receive
         let start = c.next_ref.fetch_add(BATCH as u64, Ordering::SeqCst) as usize;
         let outcome = async {
             let id = submit(&mut client, batch_body(&pool, start, BATCH)).await?;
-            let status = wait_done(&mut client, &id).await?;
+            let status = wait_done(&mut client, &id, SOAK_POLL).await?;
             let r = client.get(&format!("/v1/batches/{id}/results")).await.map_err(|e| e.to_string())?;
             let lines: Vec<Value> = String::from_utf8_lossy(&r.body)
                 .lines()
