@@ -741,6 +741,33 @@ async fn http2_rapid_reset_has_no_surface() {
     assert!(metric(&d, &handshake_failures("protocol")).await >= 2.0 * rounds as f64);
 }
 
+/// Presents each client identity, over TLS 1.3 and 1.2, for at least [`ATTACK_MIN`]: every
+/// handshake must be refused with an error containing `needle`. The rounds made and the
+/// distinct errors seen.
+async fn refuse_identities(
+    d: &Daemon,
+    ids: &[(&str, Identity)],
+    needle: &str,
+) -> (usize, std::collections::BTreeSet<String>) {
+    let start = Instant::now();
+    let mut rounds = 0;
+    let mut errors = std::collections::BTreeSet::new();
+    while rounds == 0 || start.elapsed() < ATTACK_MIN {
+        for (what, id) in ids {
+            for versions in [ALL_VERSIONS, &[&rustls::version::TLS12]] {
+                let config = client_config(d, Some(dup(id)), versions, &[], HTTP11);
+                let e = exchange(config, d.listen, GET_TRUST_LIST)
+                    .await
+                    .expect_err(&format!("a client {what} was served"));
+                assert!(e.contains(needle), "{what}: {e}");
+                errors.insert(format!("{what}: {e}"));
+            }
+        }
+        rounds += 1;
+    }
+    (rounds, errors)
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Expired and not-yet-valid client certificates
 
@@ -753,29 +780,13 @@ async fn expired_and_not_yet_valid_client_certificates() {
     let expired = ca.issue_client_valid("issuer", now - 30 * day, now - day).unwrap();
     let not_yet = ca.issue_client_valid("issuer", now + day, now + 30 * day).unwrap();
     let current = ca.issue_client_valid("issuer", now - day, now + day).unwrap();
+    let ids = [
+        ("with a certificate expired", identity_pem(&expired.cert_pem, &expired.key_pem)),
+        ("with a certificate not yet valid", identity_pem(&not_yet.cert_pem, &not_yet.key_pem)),
+    ];
     let bad_before = metric(&d, &handshake_failures("bad_certificate")).await;
     let before = good.rounds();
-    let start = Instant::now();
-    let mut rounds = 0;
-    let mut errors = std::collections::BTreeSet::new();
-    while rounds == 0 || start.elapsed() < ATTACK_MIN {
-        for (what, cert) in [("expired", &expired), ("not yet valid", &not_yet)] {
-            for versions in [ALL_VERSIONS, &[&rustls::version::TLS12]] {
-                let config = client_config(
-                    &d,
-                    Some(identity_pem(&cert.cert_pem, &cert.key_pem)),
-                    versions,
-                    &[],
-                    HTTP11,
-                );
-                let r = exchange(config, d.listen, GET_TRUST_LIST).await;
-                let e = r.expect_err(&format!("a client with a certificate {what} was served"));
-                assert!(e.contains("CertificateExpired"), "{what}: {e}");
-                errors.insert(format!("{what}: {e}"));
-            }
-        }
-        rounds += 1;
-    }
+    let (rounds, errors) = refuse_identities(&d, &ids, "CertificateExpired").await;
     // The same CA, the same name, valid now: served (the dates were the only reason).
     let config =
         client_config(&d, Some(identity_pem(&current.cert_pem, &current.key_pem)), ALL_VERSIONS, &[], HTTP11);
@@ -845,30 +856,15 @@ async fn server_certificate_used_as_client_certificate() {
     // dev-init's own server certificate, and one with serverAuth only for a configured name.
     let server_as_issuer = tls_ca(&d).issue_server("issuer", &["issuer"]).unwrap();
     let ids: [(&str, Identity); 2] = [
-        ("dev-init server.pem", identity(&d, "server")),
+        ("presenting dev-init's server.pem", identity(&d, "server")),
         (
-            "serverAuth certificate for CN issuer",
+            "presenting a serverAuth certificate for CN issuer",
             identity_pem(&server_as_issuer.cert_pem, &server_as_issuer.key_pem),
         ),
     ];
     let bad_before = metric(&d, &handshake_failures("bad_certificate")).await;
     let before = good.rounds();
-    let start = Instant::now();
-    let mut rounds = 0;
-    let mut errors = std::collections::BTreeSet::new();
-    while rounds == 0 || start.elapsed() < ATTACK_MIN {
-        for (what, id) in &ids {
-            for versions in [ALL_VERSIONS, &[&rustls::version::TLS12]] {
-                let config = client_config(&d, Some(dup(id)), versions, &[], HTTP11);
-                let e = exchange(config, d.listen, GET_TRUST_LIST)
-                    .await
-                    .expect_err(&format!("{what} was accepted as a client certificate"));
-                assert!(e.contains("alert"), "{what}: {e}");
-                errors.insert(format!("{what}: {e}"));
-            }
-        }
-        rounds += 1;
-    }
+    let (rounds, errors) = refuse_identities(&d, &ids, "alert").await;
     println!("server certificate as client: {rounds} rounds of 4 refused handshakes: {errors:?}");
     epilogue(&d, good, "server certificate as client", before, MIN_ROUNDS_SHORT).await;
     let refused = metric(&d, &handshake_failures("bad_certificate")).await - bad_before;
