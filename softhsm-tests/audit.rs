@@ -36,12 +36,18 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// sled opened directly on a store directory (with the store's segment size, which sled
+/// requires to match).
+fn open_sled(dir: &Path) -> sled::Db {
+    sled::Config::new().path(dir).segment_size(hcert_signer::store::SEGMENT_SIZE).open().unwrap()
+}
+
 /// A copy of the stopped daemon's store with `edit` applied to its raw audit tree.
 fn tampered(state: &Path, name: &str, edit: impl FnOnce(&sled::Tree)) -> PathBuf {
     let dir = state.parent().unwrap().join(name).join("store");
     copy_dir(&state.join("store"), &dir);
     {
-        let db = sled::open(&dir).unwrap();
+        let db = open_sled(&dir);
         let tree = db.open_tree("audit").unwrap();
         edit(&tree);
         db.flush().unwrap();
@@ -122,7 +128,7 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
     // The first signature entry.
     let probe = tampered(&state, "probe", |_| {});
     let target = {
-        let db = sled::open(&probe).unwrap();
+        let db = open_sled(&probe);
         let tree = db.open_tree("audit").unwrap();
         tree.iter()
             .map(|e| e.unwrap())

@@ -470,11 +470,14 @@ async fn a_full_disk_pauses_signing_at_the_floor_and_it_resumes_without_a_restar
         d.wait_ready(Duration::from_secs(60));
         let mut c = d.client("issuer").await;
 
+        // Enough work that signing is still going on when the fill lands (filling the disk
+        // and the readiness wait below take seconds).
+        const BATCHES: usize = 4;
         let mut accepted = Vec::new();
-        for b in 0..2 {
+        for b in 0..BATCHES {
             accepted.push(submit(&mut c, &format!("big{b}-"), 10_000).await.expect("202"));
         }
-        wait_signing(&mut c, &accepted[1].id).await;
+        wait_signing(&mut c, &accepted[BATCHES - 1].id).await;
         // Just under the floor: signing pauses before sled could meet ENOSPC.
         let filler = fill(&fs.path, 31 * MIB);
         let v = wait_readyz(&d, Duration::from_secs(10), |s, _| s == 503).await;
@@ -496,11 +499,18 @@ async fn a_full_disk_pauses_signing_at_the_floor_and_it_resumes_without_a_restar
         let cpu = cpu_share(pid_of(&d), Duration::from_secs(4)).await;
         assert!(cpu < 0.5, "the daemon spins while paused: {:.0}% of a core", cpu * 100.0);
         assert_eq!(signed_so_far(&mut c, &accepted).await, paused_at, "nothing is committed under the floor");
-        assert!(paused_at < 20_000, "the fill must land while accepted work is being signed");
+        assert!(
+            paused_at < 10_000 * BATCHES as u64,
+            "the fill must land while accepted work is being signed"
+        );
         let (status, v) = readyz(&d);
         assert_eq!(status, 503, "{v}");
         assert!(store_problem(&v).is_some_and(|p| p.contains("paused")), "paused, not stopped: {v}");
-        println!("paused with {paused_at} of 20000 records signed, the disk full; CPU {:.0}%", cpu * 100.0);
+        println!(
+            "paused with {paused_at} of {} records signed, the disk full; CPU {:.0}%",
+            10_000 * BATCHES,
+            cpu * 100.0
+        );
 
         // Space freed: signing resumes, no restart.
         // (Both fills appended to the one filler file.)

@@ -119,6 +119,10 @@ impl Default for StoreConfig {
     }
 }
 
+/// Largest `pipeline.chunk_size`: a chunk's signatures are one audit entry per batch, which
+/// must stay far below the size at which sled moves a node to a blob file (see the store).
+pub const MAX_CHUNK_SIZE: usize = 1024;
+
 /// Signing workers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -354,6 +358,9 @@ impl Config {
         if self.keys.approval_hours == 0 || !(1..=730).contains(&self.keys.usage_days) {
             return bad("keys: approval_hours must be at least 1 and usage_days within 1–730".into());
         }
+        if self.pipeline.chunk_size.is_some_and(|n| !(1..=MAX_CHUNK_SIZE).contains(&n)) {
+            return bad(format!("pipeline.chunk_size must be 1–{MAX_CHUNK_SIZE}"));
+        }
         if self.audit.checkpoint_secs == 0 {
             return bad("audit.checkpoint_secs must be at least 1".into());
         }
@@ -439,5 +446,11 @@ mod tests {
         assert!(load(&role).is_err());
         let reserve = format!("{MINIMAL}\n[store]\nmin_free_mb = 2000000\n");
         assert!(load(&reserve).unwrap_err().to_string().contains("min_free_mb"));
+        for n in [0, MAX_CHUNK_SIZE + 1] {
+            let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {n}\n");
+            assert!(load(&chunk).unwrap_err().to_string().contains("pipeline.chunk_size must be 1–1024"));
+        }
+        let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {MAX_CHUNK_SIZE}\n");
+        assert_eq!(load(&chunk).unwrap().pipeline.chunk_size, Some(MAX_CHUNK_SIZE));
     }
 }

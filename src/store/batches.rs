@@ -90,11 +90,19 @@ impl Store {
         let total =
             u32::try_from(records.len()).map_err(|_| StoreError::Invalid("too many records in one batch"))?;
         let idem = idempotency_key.map(|k| layout::idempotency_key(issuer_id, k)).transpose()?;
-        // Encoded before the transaction: the closure only copies references.
-        let payloads = records
-            .iter()
-            .map(|r| layout::encode_payload(r.r#ref, r.dcc_json).map(sled::IVec::from))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Encoded before the transaction, a block of records per value: the closure only
+        // copies references.
+        let blocks = records
+            .chunks(layout::BLOCK as usize)
+            .map(|chunk| {
+                let bytes = chunk.iter().map(|r| 8 + r.r#ref.len() + r.dcc_json.len()).sum();
+                let mut block = layout::BlockWriter::with_capacity(bytes);
+                for (offset, r) in (0u8..).zip(chunk) {
+                    block.push_payload(offset, r.r#ref, r.dcc_json)?;
+                }
+                Ok(sled::IVec::from(block.finish()))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let id = random_id()?;
         let meta = BatchMeta {
             id,
@@ -108,7 +116,7 @@ impl Store {
         };
         let meta_bytes = meta.encode()?;
         if idem.is_none() || !self.idempotency_hit(idem.as_deref())? {
-            let bytes: u64 = payloads.iter().map(|p| p.len() as u64 + 32).sum();
+            let bytes: u64 = blocks.iter().map(|b| b.len() as u64 + 32).sum();
             self.ensure_free_space(bytes)?;
         }
         let inner = &self.inner;
@@ -136,8 +144,8 @@ impl Store {
                 if let Some(k) = &idem {
                     idempotency.insert(k.as_slice(), &seq_key[..])?;
                 }
-                for (index, payload) in (0u32..).zip(&payloads) {
-                    pending.insert(&RecordKey::new(seq, index).to_bytes()[..], payload.clone())?;
+                for (first, block) in (0u32..).step_by(layout::BLOCK as usize).zip(&blocks) {
+                    pending.insert(&RecordKey::new(seq, first).to_bytes()[..], block.clone())?;
                 }
                 Ok(Outcome::Created { id, seq })
             })

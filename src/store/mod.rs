@@ -9,16 +9,20 @@
 //! | `batches`     | seq (u64 BE)                          | batch metadata (binary, versioned)    |
 //! | `batch_ids`   | batch id (16 random bytes)            | seq                                   |
 //! | `idempotency` | issuer length (u16 BE), issuer, key   | seq                                   |
-//! | `pending`     | seq, record index (u32 BE)            | ref and DCC JSON (binary, versioned)  |
-//! | `results`     | seq, record index                     | the result's JSON line                |
+//! | `pending`     | seq, first record index of a block    | refs and DCC JSON of the block's      |
+//! |               | (u32 BE)                              | pending records (binary, versioned)   |
+//! | `results`     | seq, first record index of a block    | the result lines of the block's       |
+//! |               |                                       | resolved records (binary, versioned)  |
 //! | `audit`       | entry seq (u64 BE)                    | chain hash, then the entry's JSON     |
 //! | `keys`        | key label (UTF-8)                     | the key's lifecycle record (JSON)     |
 //!
-//! `seq` comes from sled's `generate_id` inside the submit transaction: monotonic across
-//! restarts, so big-endian `pending` keys iterate in submission order and the `pending` tree *is*
-//! the work queue. A record is pending exactly while its payload is in `pending`; committing its
-//! result removes the payload in the same transaction, so personal data does not outlive
-//! signing. Every transaction does point operations only (sled's `TransactionalTree` cannot
+//! Records are stored in blocks of [`layout::BLOCK`] consecutive records of a batch (record
+//! `i` is in the block starting at `i - i % BLOCK`): one sled value per block, because sled's
+//! cost is per key written. `seq` comes from sled's `generate_id` inside the submit
+//! transaction: monotonic across restarts, so big-endian `pending` keys iterate in submission
+//! order and the `pending` tree *is* the work queue. A record is pending exactly while its
+//! payload is in its `pending` block; committing its result moves it from that block to the
+//! same block in `results` in one transaction, so personal data does not outlive signing. Every transaction does point operations only (sled's `TransactionalTree` cannot
 //! iterate); the scans (claim, results, purge sweeps) run outside transactions.
 //!
 //! The audit log ([`crate::audit`]) is appended in the same transaction as what it records: a
@@ -83,9 +87,21 @@ pub use results::ResultIter;
 
 use error::{io_text, is_enospc, one_line};
 
-/// Schema version of the layout above, kept in sled's default tree.
-const SCHEMA_VERSION: u8 = 1;
+/// Schema version of the layout above, kept in sled's default tree. 2: payloads and results
+/// in blocks of records ([`layout::BLOCK`]); 1 (one value per record) is refused.
+const SCHEMA_VERSION: u8 = 2;
 const SCHEMA_KEY: &[u8] = b"hcert-store-schema";
+/// sled's segment size for a new store, its largest. sled writes any log item over a quarter
+/// of a segment (a tree node, for us) to a file of its own under `blobs/`, without fsync, so
+/// [`Store::flush_db`]'s fsync does not make it durable: found by `softhsm-tests/disk.rs`,
+/// where an ext4 journal abort lost the blobs of flushed queue blocks. At 16 MiB the threshold
+/// is 4 MiB, and no node of ours comes near it: a node holds at most 17 items, and the
+/// largest items are bounded — queue and result blocks by [`layout::BLOCK`] records of at
+/// most `MAX_DCC_BYTES` (the API's limit), audit entries by the pipeline's chunk size (at most
+/// 1,024 records). The test `no_stored_value_reaches_sleds_blob_files` holds it to that.
+pub const SEGMENT_SIZE: usize = 16 << 20;
+/// sled's record of the parameters a store was created with.
+const SLED_CONF_FILE: &str = "conf";
 /// Our own lock file, taken before sled's, for a clear "in use" error.
 const LOCK_FILE: &str = "store.lock";
 /// sled 0.34's log file in its directory.
@@ -186,6 +202,7 @@ impl Store {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_capacity)
+            .segment_size(segment_size(dir))
             // Durability comes from our explicit flushes (every write path ends in one; a purge
             // sweep a crash interrupts is redone at the next open). No periodic flusher: besides
             // flushing, it cleans segments, i.e. writes while the store is idle, and with the disk
@@ -214,8 +231,10 @@ impl Store {
                 return Err(StoreError::Open {
                     path: dir.to_path_buf(),
                     reason: format!(
-                        "store schema {:?} is not the one this binary knows ({SCHEMA_VERSION}): run the matching hcert-signer version",
-                        v.as_ref()
+                        "store schema {} is not the one this binary knows ({SCHEMA_VERSION}): let the \
+                         hcert-signer version that wrote it sign and deliver its queue, then start this one \
+                         on an empty store directory",
+                        v.first().map_or_else(|| "(empty)".to_owned(), u8::to_string)
                     ),
                 });
             }
@@ -393,6 +412,17 @@ impl Store {
 /// The wall clock, Unix seconds (audit entry times).
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The segment size to open the store in `dir` with: the one it was created with (sled
+/// refuses any other), or [`SEGMENT_SIZE`] for a new store.
+fn segment_size(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join(SLED_CONF_FILE))
+        .ok()
+        .and_then(|conf| {
+            conf.lines().find_map(|l| l.strip_prefix("segment_size: ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(SEGMENT_SIZE)
 }
 
 /// Opens sled. We hold our own lock, so no other process has the store; if sled's lock is

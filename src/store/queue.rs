@@ -104,6 +104,15 @@ fn observe_commit(
     m.batches.with_label_values(&["done"]).inc_by(batches_done as u64);
 }
 
+/// A block value holding `entries`.
+fn encode_block(entries: &[(u8, &[u8])]) -> Result<Vec<u8>, StoreError> {
+    let mut block = layout::BlockWriter::with_capacity(entries.iter().map(|e| 5 + e.1.len()).sum());
+    for &(offset, entry) in entries {
+        block.push(offset, entry)?;
+    }
+    Ok(block.finish())
+}
+
 /// What a claim needs to know about a record's batch.
 struct BatchInfo {
     id: String,
@@ -126,30 +135,39 @@ impl Store {
         let mut leases = self.leases();
         let mut batches: HashMap<u64, Option<Arc<BatchInfo>>> = HashMap::new();
         while out.len() < max {
-            let Some(key) = leases.retry.pop_first() else { break };
-            if leases.leased.contains(&key) {
-                continue;
+            let Some(&first) = leases.retry.first() else { break };
+            // This block's retried records, as many as still fit, in one read of the block.
+            let block = first.block();
+            let wanted: BTreeSet<RecordKey> =
+                leases.retry.range(block..block.next_block()).copied().take(max - out.len()).collect();
+            for key in &wanted {
+                leases.retry.remove(key);
             }
-            if let Some(v) = self.inner.pending.get(key.to_bytes()).map_err(|e| self.fail(e))? {
-                self.take(key, &v, &mut batches, &mut leases, &mut out)?;
+            if let Some(v) = self.inner.pending.get(block.to_bytes()).map_err(|e| self.fail(e))? {
+                let want = |k: RecordKey| wanted.contains(&k);
+                self.take_block(block, &v, want, max, &mut batches, &mut leases, &mut out)?;
             }
         }
         let mut rewound = false;
         loop {
             let start = leases.cursor.unwrap_or(RecordKey::new(0, 0));
-            for item in self.inner.pending.range(start.to_bytes()..) {
+            for item in self.inner.pending.range(start.block().to_bytes()..) {
                 if out.len() >= max {
                     break;
                 }
                 let (k, v) = item.map_err(|e| self.fail(e))?;
-                let Ok(key) = RecordKey::from_bytes(&k) else {
+                let Ok(block) = RecordKey::from_bytes(&k) else {
                     // Not ours to interpret: never handed out, counted once per scan.
                     log::error!("store: a malformed key in the queue was skipped");
                     continue;
                 };
-                leases.cursor = Some(key.successor());
-                if !leases.leased.contains(&key) {
-                    self.take(key, &v, &mut batches, &mut leases, &mut out)?;
+                leases.cursor = Some(block.next_block());
+                let want = |k: RecordKey| k >= start;
+                if let Some(rest) =
+                    self.take_block(block, &v, want, max, &mut batches, &mut leases, &mut out)?
+                {
+                    // Full in the middle of a block: the next scan resumes inside it.
+                    leases.cursor = Some(rest);
                 }
             }
             // Safety net: with nothing leased and nothing found, yet records queued, a lease
@@ -201,6 +219,14 @@ impl Store {
         let results: Vec<Outcome> = results.into_iter().map(Into::into).collect();
         let lines: Vec<(RecordKey, sled::IVec, Option<SignedRecord>)> =
             results.iter().map(|o| (o.key, sled::IVec::from(o.result.to_json()), o.audit_record())).collect();
+        // The lines of each block, in record order.
+        let mut by_block: BTreeMap<RecordKey, Vec<usize>> = BTreeMap::new();
+        for (i, (key, _, _)) in lines.iter().enumerate() {
+            by_block.entry(key.block()).or_default().push(i);
+        }
+        for members in by_block.values_mut() {
+            members.sort_by_key(|&i| lines[i].0);
+        }
         let inner = &self.inner;
         let now = super::unix_now();
         // Held until the flush returned: readers see this commit only once it is durable.
@@ -215,8 +241,8 @@ impl Store {
                 let mut signed_by_batch: BTreeMap<u64, Vec<SignedRecord>> = BTreeMap::new();
                 // Ordered, so the metadata writes happen in a stable order.
                 let mut metas: BTreeMap<u64, Option<(BatchMeta, bool)>> = BTreeMap::new();
-                for (i, (key, line, signed)) in lines.iter().enumerate() {
-                    let seq = key.batch_seq();
+                for (block, members) in &by_block {
+                    let seq = block.batch_seq();
                     if let Entry::Vacant(slot) = metas.entry(seq) {
                         let meta = match batches.get(&layout::seq_key(seq)[..])? {
                             Some(v) => match BatchMeta::decode(&v) {
@@ -234,43 +260,74 @@ impl Store {
                         slot.insert(meta);
                     }
                     let Some(Some((meta, dirty))) = metas.get_mut(&seq) else {
-                        stats.orphaned += 1;
+                        stats.orphaned += members.len();
                         continue;
                     };
-                    if key.index() >= meta.total {
-                        stats.orphaned += 1;
-                        continue;
-                    }
-                    let k = key.to_bytes();
-                    if pending.get(&k[..])?.is_none() {
-                        stats.duplicates += 1;
-                        continue;
-                    }
-                    if stored.get(&k[..])?.is_some() {
-                        // Never both by construction; if so, the stored result wins.
-                        pending.remove(&k[..])?;
-                        stats.duplicates += 1;
-                        continue;
-                    }
-                    stored.insert(&k[..], line.clone())?;
-                    pending.remove(&k[..])?;
-                    applied.push((i, meta.created_at));
-                    if let Some(fact) = signed {
-                        meta.signed = meta.signed.saturating_add(1);
-                        stats.signed += 1;
-                        signed_by_batch.entry(seq).or_default().push(fact.clone());
-                    } else {
-                        meta.rejected = meta.rejected.saturating_add(1);
-                        stats.rejected += 1;
-                    }
-                    stats.applied += 1;
-                    meta.state = if meta.pending() == 0 {
-                        stats.batches_done += 1;
-                        StoredState::Done
-                    } else {
-                        StoredState::Signing
+                    let k = block.to_bytes();
+                    let (pending_v, stored_v) = (pending.get(&k[..])?, stored.get(&k[..])?);
+                    let decoded =
+                        pending_v.as_deref().map_or(Ok(Vec::new()), layout::decode_block).and_then(|p| {
+                            Ok((p, stored_v.as_deref().map_or(Ok(Vec::new()), layout::decode_block)?))
+                        });
+                    let (mut queued, mut resolved) = match decoded {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // Set aside by `claim` already; nothing of this block can be applied.
+                            log::error!(
+                                "store: block {block} unreadable, {} result(s) dropped: {e}",
+                                members.len()
+                            );
+                            stats.orphaned += members.len();
+                            continue;
+                        }
                     };
-                    *dirty = true;
+                    let (queued_before, resolved_before) = (queued.len(), resolved.len());
+                    for &i in members {
+                        let (key, line, signed) = &lines[i];
+                        if key.index() >= meta.total {
+                            stats.orphaned += 1;
+                            continue;
+                        }
+                        let offset = key.offset();
+                        let Ok(at) = queued.binary_search_by_key(&offset, |e| e.0) else {
+                            stats.duplicates += 1;
+                            continue;
+                        };
+                        queued.remove(at);
+                        let Err(slot) = resolved.binary_search_by_key(&offset, |e| e.0) else {
+                            // Never both by construction; if so, the stored result wins.
+                            stats.duplicates += 1;
+                            continue;
+                        };
+                        resolved.insert(slot, (offset, line.as_ref()));
+                        applied.push((i, meta.created_at));
+                        if let Some(fact) = signed {
+                            meta.signed = meta.signed.saturating_add(1);
+                            stats.signed += 1;
+                            signed_by_batch.entry(seq).or_default().push(fact.clone());
+                        } else {
+                            meta.rejected = meta.rejected.saturating_add(1);
+                            stats.rejected += 1;
+                        }
+                        stats.applied += 1;
+                        meta.state = if meta.pending() == 0 {
+                            stats.batches_done += 1;
+                            StoredState::Done
+                        } else {
+                            StoredState::Signing
+                        };
+                        *dirty = true;
+                    }
+                    if queued.len() != queued_before {
+                        if queued.is_empty() {
+                            pending.remove(&k[..])?;
+                        } else {
+                            pending.insert(&k[..], encode_block(&queued).map_err(abort)?)?;
+                        }
+                    }
+                    if resolved.len() != resolved_before {
+                        stored.insert(&k[..], encode_block(&resolved).map_err(abort)?)?;
+                    }
                 }
                 let mut h = *head;
                 for (seq, meta) in &metas {
@@ -352,16 +409,22 @@ impl Store {
         self.inner.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Leases one pending record to the caller, or sets it aside if it cannot be read.
-    fn take(
+    /// Leases the records of one pending block that `want` selects (and nobody holds) to the
+    /// caller, in record order, until `out` holds `max`; records that cannot be read are set
+    /// aside. Returns the first selected record left in the block when `out` filled up first.
+    #[allow(clippy::too_many_arguments)]
+    fn take_block(
         &self,
-        key: RecordKey,
-        payload: &[u8],
+        block: RecordKey,
+        value: &[u8],
+        want: impl Fn(RecordKey) -> bool,
+        max: usize,
         batches: &mut HashMap<u64, Option<Arc<BatchInfo>>>,
         leases: &mut Leases,
         out: &mut Vec<WorkItem>,
-    ) -> Result<(), StoreError> {
-        let seq = key.batch_seq();
+    ) -> Result<Option<RecordKey>, StoreError> {
+        let entries = layout::decode_block(value);
+        let seq = block.batch_seq();
         let info = match batches.get(&seq) {
             Some(info) => info.clone(),
             None => {
@@ -375,8 +438,8 @@ impl Store {
                             created_at: m.created_at,
                         })),
                         Err(e) => {
-                            self.quarantine(key, leases, &e);
-                            return Ok(());
+                            self.quarantine_block(block, entries.as_deref().ok(), leases, &e);
+                            return Ok(None);
                         }
                     },
                 };
@@ -385,30 +448,72 @@ impl Store {
             }
         };
         // A batch being purged: its records are about to go.
-        let Some(info) = info else { return Ok(()) };
-        match layout::decode_payload(payload) {
-            Ok((r#ref, dcc_json)) => {
-                leases.leased.insert(key);
-                out.push(WorkItem {
-                    key,
-                    batch_id: info.id.clone(),
-                    issuer_id: info.issuer.clone(),
-                    r#ref,
-                    dcc_json,
-                    accepted_at: info.created_at,
-                });
+        let Some(info) = info else { return Ok(None) };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.quarantine_block(block, None, leases, &e);
+                return Ok(None);
             }
-            Err(e) => self.quarantine(key, leases, &e),
+        };
+        for (offset, entry) in entries {
+            let key = block.at_offset(offset);
+            if !want(key) || leases.leased.contains(&key) {
+                continue;
+            }
+            if out.len() >= max {
+                return Ok(Some(key));
+            }
+            match layout::decode_payload(entry) {
+                Ok((r#ref, dcc_json)) => {
+                    leases.leased.insert(key);
+                    out.push(WorkItem {
+                        key,
+                        batch_id: info.id.clone(),
+                        issuer_id: info.issuer.clone(),
+                        r#ref,
+                        dcc_json,
+                        accepted_at: info.created_at,
+                    });
+                }
+                Err(e) => self.quarantine(std::iter::once(key), leases, &e),
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// A record that cannot be read stays pending (it shows in the queue's age) but is never
+    /// Sets aside the records of a block that cannot be used: those its readable `entries`
+    /// name, or every record it could hold when it cannot be read at all.
+    fn quarantine_block(
+        &self,
+        block: RecordKey,
+        entries: Option<&[(u8, &[u8])]>,
+        leases: &mut Leases,
+        why: &StoreError,
+    ) {
+        match entries {
+            Some(entries) => self.quarantine(entries.iter().map(|&(o, _)| block.at_offset(o)), leases, why),
+            None => {
+                let keys = (0..layout::BLOCK).map(|i| RecordKey::new(block.batch_seq(), block.index() + i));
+                self.quarantine(keys, leases, why)
+            }
+        }
+    }
+
+    /// Records that cannot be read stay pending (they show in the queue's age) but are never
     /// handed out again by this process.
-    fn quarantine(&self, key: RecordKey, leases: &mut Leases, why: &StoreError) {
-        if leases.leased.insert(key) {
-            self.inner.corrupt_records.fetch_add(1, Ordering::Relaxed);
-            log::error!("store: record {key} set aside: {why}");
+    fn quarantine(&self, keys: impl Iterator<Item = RecordKey>, leases: &mut Leases, why: &StoreError) {
+        let mut first = None;
+        let mut n = 0u64;
+        for key in keys {
+            if leases.leased.insert(key) {
+                first.get_or_insert(key);
+                n += 1;
+            }
+        }
+        if let Some(first) = first {
+            self.inner.corrupt_records.fetch_add(n, Ordering::Relaxed);
+            log::error!("store: {n} record(s) from {first} on set aside: {why}");
         }
     }
 }

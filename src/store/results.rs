@@ -10,6 +10,8 @@ use super::{Store, StoreError};
 /// newline). Lazily reads sled; `Send`, so it can be drained on a blocking thread.
 pub struct ResultIter {
     iter: sled::Iter,
+    /// The rest of the block read last (results are stored a block of records per value).
+    block: std::vec::IntoIter<Vec<u8>>,
     store: Store,
     /// Set after an error: the iterator then ends instead of repeating it.
     failed: bool,
@@ -24,6 +26,7 @@ impl Store {
         let Some((seq, _)) = self.lookup(issuer_id, batch_id)? else { return Ok(None) };
         Ok(Some(ResultIter {
             iter: self.inner.results.scan_prefix(layout::seq_key(seq)),
+            block: Vec::new().into_iter(),
             store: self.clone(),
             failed: false,
         }))
@@ -34,22 +37,39 @@ impl Iterator for ResultIter {
     type Item = Result<Vec<u8>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        if let Err(e) = self.store.ensure_ok() {
-            self.failed = true;
-            return Some(Err(e));
-        }
-        // Per step, so a long download never holds up commits for more than one read.
-        let visible = self.store.inner.visibility.read().unwrap_or_else(PoisonError::into_inner);
-        let item = self.iter.next();
-        drop(visible);
-        match item? {
-            Ok((_, v)) => Some(Ok(v.to_vec())),
-            Err(e) => {
+        loop {
+            if let Some(line) = self.block.next() {
+                return Some(Ok(line));
+            }
+            if self.failed {
+                return None;
+            }
+            if let Err(e) = self.store.ensure_ok() {
                 self.failed = true;
-                Some(Err(self.store.fail(e)))
+                return Some(Err(e));
+            }
+            // Per block, so a long download never holds up commits for more than one read.
+            let visible = self.store.inner.visibility.read().unwrap_or_else(PoisonError::into_inner);
+            let item = self.iter.next();
+            drop(visible);
+            let value = match item? {
+                Ok((_, v)) => v,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(self.store.fail(e)));
+                }
+            };
+            match layout::decode_block(&value) {
+                Ok(entries) => {
+                    let lines: Vec<Vec<u8>> = entries.into_iter().map(|(_, line)| line.to_vec()).collect();
+                    self.block = lines.into_iter();
+                }
+                Err(e) => {
+                    // Nothing after a damaged block can be placed in order: stop with the error.
+                    self.failed = true;
+                    log::error!("store: a block of results is unreadable: {e}");
+                    return Some(Err(e));
+                }
             }
         }
     }

@@ -69,6 +69,23 @@ fn tree_len(tree: &sled::Tree) -> usize {
     tree.iter().count()
 }
 
+/// Every record entry in a tree of blocks under `prefix`, in key order: `(record, bytes)`.
+fn block_entries(tree: &sled::Tree, prefix: &[u8]) -> Vec<(layout::RecordKey, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (k, v) in tree.scan_prefix(prefix).map(Result::unwrap) {
+        let block = layout::RecordKey::from_bytes(&k).unwrap();
+        for (offset, entry) in layout::decode_block(&v).expect("stored block decodes") {
+            out.push((block.at_offset(offset), entry.to_vec()));
+        }
+    }
+    out
+}
+
+/// The records with an entry in a tree of blocks under `prefix`.
+fn record_keys(tree: &sled::Tree, prefix: &[u8]) -> Vec<layout::RecordKey> {
+    block_entries(tree, prefix).into_iter().map(|(k, _)| k).collect()
+}
+
 /// What the checker found: per live batch (id → (total, signed, rejected)).
 type Summary = BTreeMap<String, (u32, u32, u32)>;
 
@@ -85,16 +102,16 @@ fn check_invariants(store: &Store) -> Summary {
         assert_ne!(meta.state, StoredState::Deleting, "an interrupted purge was not finished at open");
         seqs.insert(seq);
         let prefix = layout::seq_key(seq);
-        let pending: Vec<_> = inner.pending.scan_prefix(prefix).keys().map(|k| k.unwrap()).collect();
-        let results: Vec<_> = inner.results.scan_prefix(prefix).map(|r| r.unwrap()).collect();
+        let pending = record_keys(&inner.pending, &prefix);
+        let results: Vec<_> = block_entries(&inner.results, &prefix);
         let (mut signed, mut rejected) = (0u32, 0u32);
         for (k, v) in &results {
-            assert!(!inner.pending.contains_key(k).unwrap(), "a record is both pending and resolved");
+            assert!(!pending.contains(k), "a record is both pending and resolved");
             let r: RecordResult = serde_json::from_slice(v).expect("stored result parses");
             if r.is_signed() { signed += 1 } else { rejected += 1 }
         }
         for k in pending.iter().chain(results.iter().map(|(k, _)| k)) {
-            assert!(layout::RecordKey::from_bytes(k).unwrap().index() < meta.total);
+            assert!(k.index() < meta.total);
         }
         assert_eq!(pending.len() + results.len(), meta.total as usize, "queue + results == total");
         assert_eq!((meta.signed, meta.rejected), (signed, rejected), "counters equal the results");
@@ -116,9 +133,11 @@ fn check_invariants(store: &Store) -> Summary {
         summary.insert(layout::batch_id_text(&meta.id), (meta.total, signed, rejected));
     }
     for tree in [&inner.pending, &inner.results] {
-        for k in tree.iter().keys() {
-            let key = layout::RecordKey::from_bytes(&k.unwrap()).unwrap();
+        for (k, v) in tree.iter().map(Result::unwrap) {
+            let key = layout::RecordKey::from_bytes(&k).unwrap();
             assert!(seqs.contains(&key.batch_seq()), "a record outlived its batch");
+            assert_eq!(key.block(), key, "blocks are keyed by their first record");
+            assert!(!layout::decode_block(&v).unwrap().is_empty(), "an empty block is removed");
         }
     }
     assert_eq!(tree_len(&inner.batch_ids), seqs.len());
@@ -262,6 +281,82 @@ fn commit_is_exactly_once() {
     let bogus = layout::RecordKey::new(u64::MAX, 0);
     assert_eq!(store.commit(vec![(bogus, result_for(&item))]).unwrap().orphaned, 1);
     check_invariants(&store);
+}
+
+/// A small deterministic generator, so a failing shuffle can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[test]
+fn records_of_a_block_resolve_in_any_order_split_released_and_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let a = submit(&store, "i", None, 3 * layout::BLOCK as usize + 5, 1);
+    let b = submit(&store, "i", None, 70, 1);
+    let total = 3 * layout::BLOCK as usize + 5 + 70;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut resolved = 0;
+    for round in 0.. {
+        // Odd claim sizes cut blocks anywhere; results come back shuffled, split across
+        // commits, and some records are released and claimed again later.
+        let mut items = store.claim(1 + rng.below(50)).unwrap();
+        if items.is_empty() {
+            break;
+        }
+        for i in (1..items.len()).rev() {
+            items.swap(i, rng.below(i + 1));
+        }
+        let released: Vec<_> = items.drain(..rng.below(items.len() / 3 + 1)).map(|i| i.key).collect();
+        store.release(&released);
+        while !items.is_empty() {
+            let part: Vec<_> = items.drain(..1 + rng.below(items.len())).collect();
+            let stats = store.commit(part.iter().map(|i| (i.key, result_for(i))).collect()).unwrap();
+            assert_eq!((stats.applied, stats.duplicates, stats.orphaned), (part.len(), 0, 0));
+            resolved += part.len();
+        }
+        check_invariants(&store);
+        if round % 4 == 3 {
+            // Leases are per process: a reopen hands out whatever is still pending.
+            store.close().unwrap();
+            store = open(dir.path());
+        }
+    }
+    assert_eq!(resolved, total);
+    for s in [&a, &b] {
+        let lines: Vec<RecordResult> = store
+            .results("i", &s.batch_id)
+            .unwrap()
+            .unwrap()
+            .map(|l| serde_json::from_slice(&l.unwrap()).unwrap())
+            .collect();
+        assert_eq!(lines.len(), s.total as usize);
+        for (n, r) in lines.iter().enumerate() {
+            assert_eq!(r.r#ref(), format!("i-{n}"), "results stream in record order");
+        }
+    }
+    assert_eq!(tree_len(&store.inner.pending), 0);
+}
+
+#[test]
+fn a_store_of_another_schema_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.inner.db.insert(SCHEMA_KEY, &[1u8][..]).unwrap();
+        store.close().unwrap();
+    }
+    let e = Store::open(dir.path(), options()).err().expect("schema 1 is refused");
+    assert!(matches!(e, StoreError::Open { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("schema 1") && text.contains("empty store directory"), "{text}");
 }
 
 #[test]
@@ -514,16 +609,43 @@ fn an_unreadable_payload_is_set_aside_not_handed_out() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     submit(&store, "i", None, 3, 1);
-    let key = layout::RecordKey::new(
-        layout::decode_seq(&store.inner.batches.first().unwrap().unwrap().0).unwrap(),
-        1,
-    );
-    store.inner.pending.insert(key.to_bytes(), &[9u8, 9, 9][..]).unwrap();
+    let (k, v) = store.inner.pending.first().unwrap().unwrap();
+    // Record 1's payload damaged inside a block that still reads: only it is set aside.
+    let mut block = layout::BlockWriter::with_capacity(0);
+    for (offset, entry) in layout::decode_block(&v).unwrap() {
+        block.push(offset, if offset == 1 { &[0, 2, 0xff, 0xfe] } else { entry }).unwrap();
+    }
+    store.inner.pending.insert(&k, block.finish()).unwrap();
     let items = store.claim(10).unwrap();
     assert_eq!(items.iter().map(|i| i.key.index()).collect::<Vec<_>>(), vec![0, 2]);
     assert_eq!(store.corrupt_records(), 1);
     assert!(store.claim(10).unwrap().is_empty());
     assert_eq!(store.queued_records(), 3, "it stays pending, so the queue age alert fires");
+}
+
+#[test]
+fn an_unreadable_block_sets_its_records_aside_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = submit(&store, "i", None, 150, 1);
+    let (seq, _) = store.lookup("i", &s.batch_id).unwrap().unwrap();
+    let second = layout::RecordKey::new(seq, layout::BLOCK);
+    store.inner.pending.insert(second.to_bytes(), &[layout::BLOCK as u8, 9, 9][..]).unwrap();
+    let mut claimed = Vec::new();
+    loop {
+        let items = store.claim(40).unwrap();
+        if items.is_empty() {
+            break;
+        }
+        store.commit(items.iter().map(|i| (i.key, result_for(i))).collect()).unwrap();
+        claimed.extend(items.iter().map(|i| i.key.index()));
+    }
+    let expected: Vec<u32> = (0..layout::BLOCK).chain(2 * layout::BLOCK..150).collect();
+    assert_eq!(claimed, expected, "the blocks before and after it are signed, in order");
+    assert_eq!(store.corrupt_records(), u64::from(layout::BLOCK), "every record it could hold");
+    assert_eq!(store.queued_records(), u64::from(layout::BLOCK));
+    let lines = store.results("i", &s.batch_id).unwrap().unwrap().count();
+    assert_eq!(lines, 150 - layout::BLOCK as usize);
 }
 
 #[test]
@@ -724,6 +846,69 @@ fn a_read_only_directory_is_a_clear_open_error() {
     let e = Store::open(&fs.path().join("store"), options()).err().expect("read-only");
     let text = e.to_string();
     assert!(matches!(e, StoreError::Open { .. }) && text.contains("read-only"), "{text}");
+}
+
+/// Files in sled's `blobs/` directory (nodes sled writes outside its log, unsynced).
+fn blob_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn no_stored_value_reaches_sleds_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // The largest records the API accepts (a 128-character ref, 8 KiB of DCC JSON), with
+    // results larger still (an HC1 half as long again as the DCC), enough to fill nodes.
+    let big_dcc = vec![b'x'; crate::api::routes::MAX_DCC_BYTES];
+    let long_refs: Vec<String> = (0..600).map(|i| format!("{i:0>128}")).collect();
+    let recs: Vec<NewRecord<'_>> =
+        long_refs.iter().map(|r| NewRecord { r#ref: r, dcc_json: &big_dcc }).collect();
+    submit_records(&store, &recs);
+    submit_records(&store, &recs);
+    let hc1 = format!("HC1:{}", "A".repeat(crate::api::routes::MAX_DCC_BYTES * 3 / 2));
+    let big_result = |i: &WorkItem| RecordResult::Signed {
+        r#ref: i.r#ref.clone(),
+        hc1: hc1.clone(),
+        uvci: "URN:UVCI:01:VN:ABCDEFGHIJKLMNOPQRSTUVWXYZ#Q".into(),
+        kid: "AAAAAAAAAAA=".into(),
+        iat: 1,
+        exp: 2,
+    };
+    let audited = |i: &WorkItem, result: RecordResult| Outcome {
+        key: i.key,
+        audit: Some(crate::audit::SignedRecord::new(
+            &i.r#ref,
+            "URN:UVCI:01:VN:X",
+            &[7; 64],
+            "AAAAAAAAAAA=",
+            2,
+        )),
+        result,
+    };
+    loop {
+        let items = store.claim(crate::config::MAX_CHUNK_SIZE).unwrap();
+        if items.is_empty() {
+            break;
+        }
+        store.commit(items.iter().map(|i| audited(i, big_result(i))).collect()).unwrap();
+    }
+    // Audit entries as large as a chunk can make them: 1,024 signatures of one batch each.
+    let small = refs(&"r".repeat(128), 18 * crate::config::MAX_CHUNK_SIZE);
+    submit_records(&store, &records(&small));
+    loop {
+        let items = store.claim(crate::config::MAX_CHUNK_SIZE).unwrap();
+        if items.is_empty() {
+            break;
+        }
+        store.commit(items.iter().map(|i| audited(i, result_for(i))).collect()).unwrap();
+    }
+    store.flush().unwrap();
+    check_invariants(&store);
+    assert_eq!(blob_files(dir.path()), 0, "sled wrote blob files, which its flush does not sync");
+}
+
+fn submit_records(store: &Store, recs: &[NewRecord<'_>]) {
+    store.submit("i", None, recs, 1).expect("submit");
 }
 
 #[test]

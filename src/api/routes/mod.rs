@@ -73,6 +73,11 @@ impl BatchRequest<'_> {
 /// Longest `ref` accepted.
 pub const MAX_REF_LEN: usize = 128;
 
+/// Largest `dcc` accepted, in bytes of JSON text. A real DCC is well under 2 KiB, and one of
+/// this size no longer fits a QR code once signed; the bound also keeps the store's values
+/// small (see `store::SEGMENT_SIZE`).
+pub const MAX_DCC_BYTES: usize = 8 << 10;
+
 /// Reads a JSON body of at most `max` bytes: 415 if it is not JSON, 413 if too large.
 pub async fn read_json<B>(req: Request<B>, max: usize) -> Result<Bytes, ApiError>
 where
@@ -237,6 +242,16 @@ pub fn parse_batch(body: &[u8], max_records: usize) -> Result<BatchRequest<'_>, 
                 format!("records[{i}].ref must be 1–{MAX_REF_LEN} characters without control characters"),
             ));
         }
+        let dcc_len = r.dcc.get().len();
+        if dcc_len > MAX_DCC_BYTES {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "dcc_too_large",
+                format!(
+                    "records[{i}].dcc is {dcc_len} bytes of JSON; at most {MAX_DCC_BYTES} (a certificate that large cannot fit a QR code)"
+                ),
+            ));
+        }
         if !seen.insert(r.r#ref.as_str()) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -329,6 +344,12 @@ mod tests {
             (0..11).map(|i| format!(r#"{{"ref":"{i}","dcc":{{}}}}"#)).collect::<Vec<_>>().join(",")
         );
         assert_eq!(parse_batch(many.as_bytes(), 10).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        let dcc = |n: usize| format!(r#"{{"records":[{{"ref":"a","dcc":{{"x":"{}"}}}}]}}"#, "y".repeat(n));
+        // `{"x":""}` is 8 bytes around the string.
+        assert!(parse_batch(dcc(MAX_DCC_BYTES - 8).as_bytes(), 10).is_ok());
+        let e = parse_batch(dcc(MAX_DCC_BYTES - 7).as_bytes(), 10).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "dcc_too_large"));
+        assert!(e.message.contains("records[0].dcc is 8193 bytes"), "{}", e.message);
     }
 
     #[test]
