@@ -290,8 +290,9 @@ impl Store {
     /// file just grew by nor flushes the disk's cache; only its periodic flusher (off here) ever
     /// called fsync. Without this, a flushed write is lost with the file system's journal (a
     /// power cut, ext4 aborting on an error): found by `softhsm-tests/disk.rs`, where a store
-    /// whose every write had been flushed came back empty. On ext4 (ordered data) the journal
-    /// commit this forces also covers sled's blob files, which sled writes without any sync.
+    /// whose every write had been flushed came back empty. It does not cover sled's blob files
+    /// (delayed allocation keeps their data out of the journal commit this forces), which is why
+    /// the store keeps every node small enough that sled writes none ([`SEGMENT_SIZE`]).
     pub(crate) fn flush_db(&self) -> Result<(), StoreError> {
         self.inner.db.flush().map_err(|e| self.fail(e))?;
         self.inner.db_file.sync_all().map_err(|e| self.fail(sled::Error::Io(e)))
