@@ -4,7 +4,8 @@
 //! It builds a fresh development setup (`hcert-signer dev-init`), measures the token's raw
 //! `C_Sign` rate at 1 and 2 threads, starts the daemon (the `hcert-signer` binary next to this
 //! one), and then measures:
-//! - records per second from the first batch submitted over mTLS to the last result fetched;
+//! - records per second from the first batch submitted over mTLS to the last result fetched
+//!   (the best of two runs, as each raw rate is the best of two windows);
 //! - latency of single-record `POST /v1/sign` on the idle daemon (p50, p99);
 //! - the daemon's RSS with a large number of records queued (signing paused).
 //!
@@ -152,12 +153,18 @@ fn run(args: Args) -> Result<(), String> {
         p50, p99, args.idle_requests
     );
 
-    let (rate, signed, elapsed) = rt.block_on(throughput(listen, &tls, &args))?;
-    println!(
-        "end to end: {signed} records in {:.2} s = {rate:.0} records/s; ratio to raw C_Sign ({raw:.0}/s) = {:.2}",
-        elapsed.as_secs_f64(),
-        rate / raw
-    );
+    // Best of two runs, as each raw rate is: a run can land on a burst of other load too, and
+    // only the raw side taking its best would understate the ratio.
+    let mut rate = 0f64;
+    for _ in 0..2 {
+        let (r, signed, elapsed) = rt.block_on(throughput(listen, &tls, &args))?;
+        println!(
+            "end to end: {signed} records in {:.2} s = {r:.0} records/s; ratio to raw C_Sign ({raw:.0}/s) = {:.2}",
+            elapsed.as_secs_f64(),
+            r / raw
+        );
+        rate = rate.max(r);
+    }
     daemon.stop();
 
     if args.rss_records > 0 {
