@@ -185,7 +185,7 @@ impl BatchMeta {
 /// Records per stored block. Payloads and results live in sled as one value per block of
 /// consecutive records of a batch (a record's block is `index / BLOCK`), not one per record:
 /// sled pays a copy-on-write node update and a log entry per key written, which made the
-/// store the largest cost of signing a record; per block it is paid once for 64 records.
+/// store the largest cost of signing a record; per block it is paid once for 16 records.
 /// Kept in the schema: changing it changes the layout.
 pub(crate) const BLOCK: u32 = 16;
 

@@ -22,8 +22,9 @@
 //! transaction: monotonic across restarts, so big-endian `pending` keys iterate in submission
 //! order and the `pending` tree *is* the work queue. A record is pending exactly while its
 //! payload is in its `pending` block; committing its result moves it from that block to the
-//! same block in `results` in one transaction, so personal data does not outlive signing. Every transaction does point operations only (sled's `TransactionalTree` cannot
-//! iterate); the scans (claim, results, purge sweeps) run outside transactions.
+//! same block in `results` in one transaction, so personal data does not outlive signing.
+//! Every transaction does point operations only (sled's `TransactionalTree` cannot iterate);
+//! the scans (claim, results, purge sweeps) run outside transactions.
 //!
 //! The audit log ([`crate::audit`]) is appended in the same transaction as what it records: a
 //! commit's signatures, a key's change of state.
