@@ -76,7 +76,9 @@ impl Backend for Gated {
     }
 }
 
-const BATCHES: usize = 12;
+// Enough that signing is still under way when the last fault lands (at 12 batches the
+// pipeline, no longer held back by the store, sometimes finished first).
+const BATCHES: usize = 36;
 const PER_BATCH: usize = 1000;
 
 #[test]
@@ -130,6 +132,10 @@ fn hsm_faults_under_load_lose_nothing_and_release_no_bad_signature() {
         }
         let total = (BATCHES * PER_BATCH) as u64;
         let signed = || total - store.queued_records();
+        // Each fault must hit a pipeline that still has work, or "resumes" proves nothing.
+        let loaded = |what: &str| {
+            assert!(store.queued_records() >= 300, "the load ran out before {what}: {:?}", hsm.stats());
+        };
         let progress = |from: u64, what: &str| {
             assert!(
                 wait_for(Duration::from_secs(60), || signed() >= from + 300),
@@ -139,6 +145,7 @@ fn hsm_faults_under_load_lose_nothing_and_release_no_bad_signature() {
         };
         progress(0, "the start");
 
+        loaded("the token was removed");
         // 1. The token's files removed and restored.
         let away = token.dir.join("tokens.away");
         std::fs::rename(token.token_dir(), &away).unwrap();
@@ -151,6 +158,7 @@ fn hsm_faults_under_load_lose_nothing_and_release_no_bad_signature() {
         std::fs::rename(&away, token.token_dir()).unwrap();
         progress(signed(), "the token came back");
 
+        loaded("C_Finalize");
         // 2. The module finalised behind the pool's back.
         {
             let _quiet = gate.write().unwrap();
@@ -158,6 +166,7 @@ fn hsm_faults_under_load_lose_nothing_and_release_no_bad_signature() {
         }
         progress(signed(), "C_Finalize");
 
+        loaded("C_Logout");
         // 3. Every session of the process loses its login: C_Logout through a session of a
         // second handle (cryptoki 0.12 has no C_CloseAllSessions; a logout is the same fault for
         // the pool — its sessions are still open but can no longer sign).
