@@ -210,14 +210,24 @@ struct QueueState {
 }
 
 impl JobQueue {
-    fn push(&self, job: Job) {
+    /// Queues `job` unless `stopping` is set, and says whether it did. The flag is read under
+    /// the queue's lock, which the teardown's drain also takes after setting it: a job is either
+    /// refused here (and never runs) or queued where a worker or the drain finds it, and its
+    /// caller keeps the reply channel. Checking after the push instead would let a worker run
+    /// the job (and, say, find the bad signature that stops the generation) while its caller
+    /// had already given up on the answer.
+    fn push_unless(&self, job: Job, stopping: &AtomicBool) -> bool {
         let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if stopping.load(Ordering::SeqCst) {
+            return false;
+        }
         q.jobs.push_back(job);
         let wake = q.idle > 0;
         drop(q);
         if wake {
             self.ready.notify_one();
         }
+        true
     }
 
     /// The oldest job, waiting at most `timeout` for one.
@@ -496,9 +506,7 @@ impl Inner {
             Kind::Sign => &generation.sign_jobs,
             Kind::Admin => &generation.admin_jobs,
         };
-        queue.push(job);
-        if generation.stopping.load(Ordering::SeqCst) {
-            // Sent after the generation began stopping: its drain may have missed this job.
+        if !queue.push_unless(job, &generation.stopping) {
             return Err(self
                 .current()
                 .err()
@@ -714,6 +722,8 @@ impl Inner {
     /// let the workers close their sessions, close the keeper (logs out), then `C_Finalize` if
     /// asked. Workers stuck in a call past the deadline are abandoned.
     fn teardown(&self, generation: Arc<Generation>, finalize: bool) {
+        // Once `stopping` is set no job can be queued (`JobQueue::push_unless`), so one drain
+        // leaves both queues empty for good.
         generation.stopping.store(true, Ordering::SeqCst);
         generation.sign_jobs.clear();
         generation.admin_jobs.clear();
@@ -729,9 +739,6 @@ impl Inner {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Jobs sent between the first drain and the workers' exit.
-        generation.sign_jobs.clear();
-        generation.admin_jobs.clear();
         if let Some(keeper) = generation.keeper.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = keeper.close();
         }
