@@ -21,7 +21,7 @@ pub mod pkcs11;
 pub mod softhsm;
 pub mod yubihsm;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -174,7 +174,7 @@ impl std::fmt::Debug for PendingSignatures {
     }
 }
 
-pub use check::{Check, Checked};
+pub use check::{Check, Checked, Checking};
 
 /// Verification of raw signatures, in a module of its own so that nothing else, backends
 /// included, can make a [`Checked`] batch without verifying it.
@@ -237,35 +237,84 @@ mod check {
                     rv: format!("{} signatures for {} digests", raw.len(), self.ends.len()),
                 });
             }
-            let mut out = Vec::with_capacity(raw.len());
-            let mut start = 0;
-            for (raw, &end) in raw.iter().zip(&self.ends) {
-                let message = self.messages.get(start..end).unwrap_or_default();
-                start = end;
-                match self.verify(message, raw) {
-                    Some(sig) => out.push(sig),
-                    None => {
-                        self.shared.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut cache) = self.shared.verifiers.write() {
-                            cache.remove(&self.label);
-                        }
-                        log::error!(
-                            "HSM returned a signature by {:?} that fails verification; discarded, resetting sessions",
-                            self.label
-                        );
-                        report_fault("a signature failed software verification");
-                        return Err(Error::BadSignature { label: self.label });
+            let mut checking = self.start();
+            let mut report_fault = Some(report_fault);
+            for raw in &raw {
+                checking.push(raw, |what| {
+                    if let Some(f) = report_fault.take() {
+                        f(what)
                     }
-                }
+                })?;
             }
-            Ok(Checked(out))
+            checking.finish()
         }
 
+        /// Checks signature by signature as a backend makes them ([`Checking::push`]), so
+        /// that a session verifies each one right after its `C_Sign`: the pool's sessions then
+        /// take turns inside a software token instead of contending in it for a whole request.
+        pub fn start(self) -> Checking {
+            let out = Vec::with_capacity(self.ends.len());
+            Checking { check: self, out, start: 0 }
+        }
         /// The low-S form of `raw` if it verifies over `message`.
         fn verify(&self, message: &[u8], raw: &[u8; 64]) -> Option<[u8; 64]> {
             let sig = p256::ecdsa::Signature::from_slice(raw).ok()?;
             let bytes: [u8; 64] = sig.normalize_s().unwrap_or(sig).to_bytes().into();
             self.verifier.key.verify_sig(message, &bytes).ok().map(|()| bytes)
+        }
+    }
+
+    /// A [`Check`] under way: the signatures verified so far.
+    pub struct Checking {
+        check: Check,
+        out: Vec<[u8; 64]>,
+        /// Where the next message begins in `check.messages`.
+        start: usize,
+    }
+
+    impl Checking {
+        /// Normalises and verifies the next signature. On failure it does what [`Check::run`]
+        /// does (count, drop the cached key, `report_fault`) and returns
+        /// [`Error::BadSignature`]: the backend must then stop signing this request.
+        pub fn push(&mut self, raw: &[u8; 64], report_fault: impl FnOnce(&str)) -> Result<(), Error> {
+            let check = &self.check;
+            let Some(&end) = check.ends.get(self.out.len()) else {
+                return Err(Error::Device {
+                    op: "sign",
+                    rv: format!("more signatures than the {} digests", check.ends.len()),
+                });
+            };
+            let message = check.messages.get(self.start..end).unwrap_or_default();
+            self.start = end;
+            match check.verify(message, raw) {
+                Some(sig) => {
+                    self.out.push(sig);
+                    Ok(())
+                }
+                None => {
+                    check.shared.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut cache) = check.shared.verifiers.write() {
+                        cache.remove(&check.label);
+                    }
+                    log::error!(
+                        "HSM returned a signature by {:?} that fails verification; discarded, resetting sessions",
+                        check.label
+                    );
+                    report_fault("a signature failed software verification");
+                    Err(Error::BadSignature { label: check.label.clone() })
+                }
+            }
+        }
+
+        /// The verified signatures, once there is one per message.
+        pub fn finish(self) -> Result<Checked, Error> {
+            if self.out.len() != self.check.ends.len() {
+                return Err(Error::Device {
+                    op: "sign",
+                    rv: format!("{} signatures for {} digests", self.out.len(), self.check.ends.len()),
+                });
+            }
+            Ok(Checked(self.out))
         }
     }
 
@@ -382,10 +431,10 @@ impl Hsm {
     }
 
     /// Signs a batch of `(message, SHA-256(message))` items with one key; same guarantees as
-    /// [`Hsm::sign`] for each signature. The batch is cut into requests submitted ahead, so that
-    /// every session of the backend has work and each slice is verified while the next ones are
-    /// signed. All or nothing: any failure fails the batch, and no signature of a failed batch
-    /// is released.
+    /// [`Hsm::sign`] for each signature. The batch is cut into requests, all submitted before
+    /// the first answer is awaited, so that every session of the backend has work and each
+    /// signature is verified while the other sessions sign. All or nothing: any failure fails
+    /// the batch, and no signature of a failed batch is released.
     pub fn sign_many<M: AsRef<[u8]>>(
         &self,
         label: &str,
@@ -412,26 +461,31 @@ impl Hsm {
         result
     }
 
-    /// Signs `items` in slices submitted ahead: up to one request more than the backend has
-    /// sessions is in flight, so every session has work and none waits for this thread. Each
-    /// request carries the [`Check`] of its slice, which the backend runs as soon as the slice
-    /// is signed (a pool thread verifies slice *i* while another signs slice *i+1*). Results
-    /// are taken in order; on the first error nothing is returned (see [`root_cause`] for
+    /// Signs `items` in slices, all submitted at once. The backend serves requests in the
+    /// order they came, so the slices of one call are signed before those of a call made after
+    /// it: concurrent callers (the pipeline's workers) finish one after another, and each
+    /// encodes and commits while the others' slices keep every session busy. (Submitted a few
+    /// at a time, the callers' slices would interleave, all callers would finish together and
+    /// the pool would idle while they encode.) Each request carries the [`Check`] of its
+    /// slice, which the backend runs as the signatures are made. The answers are collected
+    /// last slice first: it is answered last, so the caller sleeps once instead of once per
+    /// slice. All or nothing: on any error no signature is returned (see [`all_or_error`] for
     /// which error the caller sees).
     fn pipeline<M: AsRef<[u8]>>(&self, label: &str, items: &[(M, [u8; 32])]) -> Result<Vec<[u8; 64]>, Error> {
         validate_label(label)?;
+        // Every digest is checked against its message before anything is sent, so the HSM
+        // never signs a digest that does not belong to its message.
+        if items.iter().any(|(message, digest)| sha256(message.as_ref()) != *digest) {
+            return Err(Error::DigestMismatch);
+        }
         let verifier = self.verifier(label)?;
-        let window = self.inner.backend.parallelism().max(1) + 1;
-        let mut in_flight = VecDeque::with_capacity(window);
-        let mut next = 0;
+        let requests = self.submit_all(label, &verifier, items);
+        let mut answers: Vec<_> =
+            requests.into_iter().rev().map(|(range, pending)| (range, pending.wait())).collect();
+        answers.reverse();
         let mut out = Vec::with_capacity(items.len());
-        self.submit_ahead(label, &verifier, items, window, &mut next, &mut in_flight)?;
-        while let Some((range, pending)) = in_flight.pop_front() {
-            let sigs = match pending.wait() {
-                Ok(checked) => checked.into_signatures(),
-                Err(e) => return Err(root_cause(e, in_flight)),
-            };
-            self.submit_ahead(label, &verifier, items, window, &mut next, &mut in_flight)?;
+        for (range, checked) in all_or_error(answers)? {
+            let sigs = checked.into_signatures();
             // A check returns one signature per message; fail closed all the same.
             if sigs.len() != range.len() {
                 return Err(Error::Device {
@@ -444,35 +498,28 @@ impl Hsm {
         Ok(out)
     }
 
-    /// Submits slices of `items` from `*next` until `window` requests are in flight. Each
-    /// slice's digests are checked against their messages first, so the HSM never signs a
-    /// digest that does not belong to its message.
-    fn submit_ahead<M: AsRef<[u8]>>(
+    /// Submits all of `items` in slices sized for the backend's sessions (see [`slice_len`]),
+    /// each with the [`Check`] of its messages.
+    fn submit_all<M: AsRef<[u8]>>(
         &self,
         label: &str,
         verifier: &Arc<Verifier>,
         items: &[(M, [u8; 32])],
-        window: usize,
-        next: &mut usize,
-        in_flight: &mut VecDeque<(Range<usize>, PendingSignatures)>,
-    ) -> Result<(), Error> {
-        while in_flight.len() < window && *next < items.len() {
-            let len = slice_len(items.len() - *next, *next, window);
-            let range = *next..*next + len;
+    ) -> Vec<(Range<usize>, PendingSignatures)> {
+        let slots = self.inner.backend.parallelism().max(1) + 1;
+        let mut requests = Vec::new();
+        let mut next = 0;
+        while next < items.len() {
+            let len = slice_len(items.len() - next, next, slots);
+            let range = next..next + len;
             let slice = &items[range.clone()];
-            let mut digests = Vec::with_capacity(len);
-            for (message, digest) in slice {
-                if sha256(message.as_ref()) != *digest {
-                    return Err(Error::DigestMismatch);
-                }
-                digests.push(*digest);
-            }
+            let digests = slice.iter().map(|(_, digest)| *digest).collect();
             let messages = slice.iter().map(|(m, _)| m.as_ref());
             let check = Check::new(label, verifier.clone(), messages, self.inner.shared.clone());
-            in_flight.push_back((range, self.inner.backend.submit_digests(label, digests, check)));
-            *next += len;
+            requests.push((range, self.inner.backend.submit_digests(label, digests, check)));
+            next += len;
         }
-        Ok(())
+        requests
     }
 
     fn verifier(&self, label: &str) -> Result<Arc<Verifier>, Error> {
@@ -522,29 +569,37 @@ impl Hsm {
     }
 }
 
-/// The error to report when a slice of a pipelined request failed with `first`. A later slice,
-/// signed on another session, may have failed its software check and reset the pool, so that
-/// the earlier slice only saw the reset (`Unavailable`). The caller must learn of the bad
-/// signature — it is the cause, and what alerts count — so the slices still in flight are
-/// waited for (in parallel, each within the per-call timeout) and a bad signature among them
-/// wins. Their signatures are discarded either way.
-fn root_cause(first: Error, in_flight: VecDeque<(Range<usize>, PendingSignatures)>) -> Error {
-    if matches!(first, Error::BadSignature { .. }) {
-        return first;
+/// The checked slices of a pipelined request if every slice was signed, else the error its
+/// caller sees. A bad signature anywhere wins: a later slice, signed on another session, may
+/// have failed its software check and reset the pool, so that earlier slices only saw the
+/// reset (`Unavailable`), and the caller must learn of the bad signature — it is the cause,
+/// and what alerts count. Otherwise the first error in submission order.
+fn all_or_error(
+    answers: Vec<(Range<usize>, Result<Checked, Error>)>,
+) -> Result<Vec<(Range<usize>, Checked)>, Error> {
+    let mut first = None;
+    let mut ok = Vec::with_capacity(answers.len());
+    for (range, answer) in answers {
+        match answer {
+            Ok(checked) => ok.push((range, checked)),
+            Err(e @ Error::BadSignature { .. }) => return Err(e),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
     }
-    in_flight
-        .into_iter()
-        .filter_map(|(_, pending)| pending.wait().err())
-        .find(|e| matches!(e, Error::BadSignature { .. }))
-        .unwrap_or(first)
+    match first {
+        Some(e) => Err(e),
+        None => Ok(ok),
+    }
 }
 
-/// Items in the next request of a batch with `remaining` items left after `done` submitted:
-/// a share of what is left per in-flight slot, so slices shrink towards the end and the
-/// sessions finish together, and no more than already submitted, so the first requests are
-/// small and every session starts at once.
-fn slice_len(remaining: usize, done: usize, window: usize) -> usize {
-    remaining.div_ceil(2 * window).min(done.max(1)).clamp(1, MAX_SLICE).min(remaining)
+/// Items in the next request of a batch with `remaining` items left after `done` submitted,
+/// for a backend with `slots - 1` sessions: a share of what is left per slot, so slices shrink
+/// towards the end and the sessions finish together, and no more than already submitted, so
+/// the first requests are small and every session starts at once.
+fn slice_len(remaining: usize, done: usize, slots: usize) -> usize {
+    remaining.div_ceil(2 * slots).min(done.max(1)).clamp(1, MAX_SLICE).min(remaining)
 }
 
 /// SHA-256 with aws-lc (the same digest the daemon computes over the COSE to-be-signed bytes).
@@ -735,28 +790,44 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_signed_ahead_and_returned_in_order() {
+    fn batches_are_submitted_whole_and_returned_in_order() {
         let (hsm, queue) = fake_with_queue("high-s");
         let mut total = 0;
         for n in [0, 1, 2, 5, 17, 64, 300] {
             let items = batch(n);
+            let before = queue.requests.load(Ordering::SeqCst);
             let sigs = hsm.sign_many("k", &items).expect("batch");
             assert_eq!(sigs.len(), n);
             for ((m, _), s) in items.iter().zip(&sigs) {
                 assert!(verifies(&hsm, m, s), "batch of {n}: signature out of order or invalid");
             }
             total += n as u64;
+            // Every slice was sent before the first answer was taken.
+            let requests = queue.requests.load(Ordering::SeqCst) - before;
+            assert!(queue.max_in_flight.load(Ordering::SeqCst) >= requests, "batch of {n}");
+            if n == 300 {
+                // Slices shrink towards the end of a batch but stay bounded: 300 items are
+                // neither one request nor 300.
+                assert!(
+                    (300 / MAX_SLICE as u64..=60).contains(&requests),
+                    "{requests} requests for 300 items"
+                );
+            }
         }
         assert_eq!(hsm.stats().signatures, total);
-        // One request more than the backend has sessions (2) was kept in flight.
-        assert_eq!(queue.max_in_flight.load(Ordering::SeqCst), 3);
         assert_eq!(queue.in_flight.load(Ordering::SeqCst), 0);
-        // Slices shrink towards the end of a batch but stay bounded: 300 items are neither one
-        // request nor 300.
-        let before = queue.requests.load(Ordering::SeqCst);
-        hsm.sign_many("k", &batch(300)).expect("batch");
-        let requests = queue.requests.load(Ordering::SeqCst) - before;
-        assert!((300 / MAX_SLICE as u64..=60).contains(&requests), "{requests} requests for 300 items");
+    }
+
+    #[test]
+    fn a_bad_signature_anywhere_is_the_error_reported_else_the_first_error() {
+        let unavailable = || Error::Unavailable { reason: "reset".into() };
+        let bad = || Error::BadSignature { label: "k".into() };
+        let timeout = || Error::Timeout { op: "sign", after: std::time::Duration::from_secs(1) };
+        let e = all_or_error(vec![(0..1, Err(unavailable())), (1..2, Err(bad()))]).expect_err("failed");
+        assert!(matches!(e, Error::BadSignature { .. }), "{e:?}");
+        let e = all_or_error(vec![(0..1, Err(timeout())), (1..2, Err(unavailable()))]).expect_err("failed");
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+        assert!(all_or_error(vec![]).expect("nothing failed").is_empty());
     }
 
     #[test]
@@ -785,18 +856,18 @@ mod tests {
         assert!(matches!(e, Error::DigestMismatch), "{e:?}");
         let stats = hsm.stats();
         assert_eq!((stats.signatures, stats.sign_failures, stats.backend.faults), (0, 1, 0), "{stats:?}");
-        // The slice holding the wrong digest was never submitted.
-        assert!(queue.requests.load(Ordering::SeqCst) < 64);
+        // Nothing was submitted: every digest is checked before the first request.
+        assert_eq!(queue.requests.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn slices_cover_the_batch_start_small_and_end_small() {
-        for window in [2, 3, 5, 17] {
+        for slots in [2, 3, 5, 17] {
             for n in [1, 2, 3, 10, 64, 1000] {
                 let mut lens = Vec::new();
                 let mut left = n;
                 while left > 0 {
-                    let len = slice_len(left, n - left, window);
+                    let len = slice_len(left, n - left, slots);
                     assert!((1..=MAX_SLICE.min(left)).contains(&len), "{len} of {left}");
                     lens.push(len);
                     left -= len;

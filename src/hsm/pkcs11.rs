@@ -376,10 +376,14 @@ impl Backend for Pkcs11Backend {
         let calls = sign_calls(digests.len());
         let inner = self.inner();
         let submitted = inner.submit(Kind::Sign, "sign", calls, move |s, ctx| {
-            let raw = ctx.sign(s, &label, &digests)?;
-            // Verified here, on the worker, while the other sessions sign; a bad signature is
-            // a fault of this generation (not of whichever one is current when it is seen).
-            check.run(raw, |what| ctx.inner.report_fault(ctx.generation, what))
+            // Each signature is verified here, on the worker, right after its C_Sign: the
+            // other sessions sign meanwhile, and a bad signature stops the request at once. It
+            // is a fault of this generation (not of whichever one is current when it is seen).
+            let mut checking = check.start();
+            ctx.sign_each(s, &label, &digests, |raw| {
+                checking.push(raw, |what| ctx.inner.report_fault(ctx.generation, what))
+            })?;
+            checking.finish()
         });
         match submitted {
             Ok(reply) => {
@@ -1097,8 +1101,24 @@ impl Ctx<'_> {
     }
 
     fn sign(&self, s: &Session, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error> {
-        let mut handle = self.private_handle(s, label)?;
         let mut out = Vec::with_capacity(digests.len());
+        self.sign_each(s, label, digests, |raw| {
+            out.push(*raw);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Signs `digests` in order, handing each raw signature to `each` as soon as it is made;
+    /// stops at the first error, `each`'s included.
+    fn sign_each(
+        &self,
+        s: &Session,
+        label: &str,
+        digests: &[[u8; 32]],
+        mut each: impl FnMut(&[u8; 64]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut handle = self.private_handle(s, label)?;
         let mut refreshed = false;
         for digest in digests {
             let sig = match s.sign(&Mechanism::Ecdsa, handle, digest) {
@@ -1125,9 +1145,9 @@ impl Ctx<'_> {
                 );
                 Error::Device { op: "C_Sign", rv: format!("{}-byte signature, expected 64", sig.len()) }
             })?;
-            out.push(raw);
+            each(&raw)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn generate(&self, s: &Session, label: &str) -> Result<KeyInfo, Error> {
