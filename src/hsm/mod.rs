@@ -230,7 +230,7 @@ mod check {
         /// fails is never returned: it is counted, the cached public key is dropped (it may be
         /// a stale one), `report_fault` is called — the backend must reset as for a device
         /// fault — and the whole request fails with [`Error::BadSignature`].
-        pub fn run(self, raw: Vec<[u8; 64]>, report_fault: impl FnOnce(&str)) -> Result<Checked, Error> {
+        pub fn run(self, raw: Vec<[u8; 64]>, report_fault: impl Fn(&str)) -> Result<Checked, Error> {
             if raw.len() != self.ends.len() {
                 return Err(Error::Device {
                     op: "sign",
@@ -238,13 +238,8 @@ mod check {
                 });
             }
             let mut checking = self.start();
-            let mut report_fault = Some(report_fault);
             for raw in &raw {
-                checking.push(raw, |what| {
-                    if let Some(f) = report_fault.take() {
-                        f(what)
-                    }
-                })?;
+                checking.push(raw, &report_fault)?;
             }
             checking.finish()
         }
@@ -256,6 +251,7 @@ mod check {
             let out = Vec::with_capacity(self.ends.len());
             Checking { check: self, out, start: 0 }
         }
+
         /// The low-S form of `raw` if it verifies over `message`.
         fn verify(&self, message: &[u8], raw: &[u8; 64]) -> Option<[u8; 64]> {
             let sig = p256::ecdsa::Signature::from_slice(raw).ok()?;

@@ -265,20 +265,22 @@ impl Daemon {
     fn spawn(dir: &Path, tuning: &Tuning) -> Result<Daemon, String> {
         let mut config = dir.join("config.toml");
         if *tuning != Tuning::default() {
-            let mut text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
-            if let Some(p) = tuning.pool_size {
-                // Into the existing [hsm] table: TOML has no way to reopen it later.
-                text = text.replacen("[hsm]\n", &format!("[hsm]\npool_size = {p}\n"), 1);
-            }
-            text.push_str("\n[pipeline]\n");
-            if let Some(w) = tuning.workers {
-                text.push_str(&format!("workers = {w}\n"));
-            }
-            if let Some(c) = tuning.chunk_size {
-                text.push_str(&format!("chunk_size = {c}\n"));
-            }
+            let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+            let mut table: toml::Table =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+            let mut set = |section: &str, key: &str, value: Option<usize>| -> Result<(), String> {
+                let Some(v) = value else { return Ok(()) };
+                let entry = table.entry(section).or_insert_with(|| toml::Table::new().into());
+                let section = entry.as_table_mut().ok_or(format!("[{section}] is not a table"))?;
+                section.insert(key.into(), i64::try_from(v).map_err(|e| e.to_string())?.into());
+                Ok(())
+            };
+            set("hsm", "pool_size", tuning.pool_size)?;
+            set("pipeline", "workers", tuning.workers)?;
+            set("pipeline", "chunk_size", tuning.chunk_size)?;
             let tuned = dir.join("config-load.toml");
-            std::fs::write(&tuned, text).map_err(|e| e.to_string())?;
+            std::fs::write(&tuned, toml::to_string(&table).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
             config = tuned;
         }
         let log = std::fs::File::create(dir.join("load-daemon.log")).map_err(|e| e.to_string())?;
