@@ -125,14 +125,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         write_secret(&tls.join(format!("{name}.key")), &c.key_pem)?;
     }
 
-    let listen = match args.listen {
-        Some(a) => a,
-        None => free_port()?,
-    };
-    let metrics_listen = match args.metrics_listen {
-        Some(a) => a,
-        None => free_port()?,
-    };
+    let [free_a, free_b] = free_ports()?;
+    let listen = args.listen.unwrap_or(free_a);
+    // The second free port unless it is the one just taken (an explicit --listen may name it).
+    let metrics_listen = args.metrics_listen.unwrap_or(if free_b == listen { free_a } else { free_b });
     let config = config_toml(&dir, &args.module, country, listen, metrics_listen, &dsc_path, &upload_path);
     write_file(&dir.join("config.toml"), &config)?;
     for (name, roles) in CLIENTS {
@@ -204,9 +200,12 @@ fn write_secret(path: &Path, contents: &str) -> Result<()> {
     f.write_all(contents.as_bytes()).map_err(Error::file(path))
 }
 
-fn free_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+/// Two distinct free loopback addresses. Both listeners are held until both are known: bound
+/// one after the other and dropped in between, the kernel may hand out the same port twice.
+fn free_ports() -> Result<[SocketAddr; 2]> {
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok([a.local_addr()?, b.local_addr()?])
 }
 
 fn config_toml(
