@@ -1,6 +1,7 @@
 //! The HTTPS API of PRODUCT.md: who is calling (from the client certificate), what they may
 //! do, and which route handles the request. One file per route lives in [`routes`].
 
+pub mod ndjson;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -21,7 +22,18 @@ use crate::pipeline::{SigningService, Waker};
 use crate::store::Store;
 
 /// The response body type of every route.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// Why a streamed response body stopped short. hyper then closes the connection without ending
+/// the body, so the client sees a truncated response rather than a short one that looks whole.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(String);
+
+/// A whole body held in memory (it cannot fail).
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+}
 
 /// A configured client, as recognised from its certificate.
 #[derive(Debug, Clone)]
@@ -169,7 +181,7 @@ pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>)
 /// A JSON response.
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    let mut r = Response::new(full(bytes));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r

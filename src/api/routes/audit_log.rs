@@ -8,7 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{Response, StatusCode};
 
-use super::{ndjson, text};
+use super::text;
+use crate::api::ndjson::ndjson;
 use crate::api::{ApiError, AppState, Body};
 
 /// Streams the log from `from` (default: the first entry).

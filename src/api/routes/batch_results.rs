@@ -7,7 +7,8 @@ use http::Response;
 
 use super::batch_status::not_found;
 use super::batches_create::store_error;
-use super::{blocking, ndjson};
+use super::blocking;
+use crate::api::ndjson::ndjson;
 use crate::api::{AppState, Body, Client};
 
 /// Streams the results.

@@ -32,7 +32,6 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 use http::Response;
-use http_body_util::Full;
 
 use super::{ApiError, AppState, Body, Client};
 use crate::keys::lifecycle::{KeyError, KeyView, Lifecycle};
@@ -132,53 +131,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 /// A text response of `content_type`.
 pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    use http_body_util::BodyExt as _;
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    let mut r = Response::new(super::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    r
-}
-
-/// Bytes gathered before an NDJSON frame is sent: fewer, larger writes.
-const FRAME_BYTES: usize = 64 * 1024;
-
-/// Streams `lines` (each without its newline) as an NDJSON body. The iterator reads the store,
-/// which blocks, so it runs on a blocking thread, held to the client's pace by a bounded channel.
-/// A failed item ends the body early (the status line has gone; a short body is the only signal
-/// left), logged as `what`.
-pub fn ndjson<I, E>(lines: I, what: &'static str) -> Response<super::Body>
-where
-    I: Iterator<Item = Result<Vec<u8>, E>> + Send + 'static,
-    E: std::fmt::Display,
-{
-    use bytes::BytesMut;
-    use http_body_util::BodyExt as _;
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::with_capacity(FRAME_BYTES + 4096);
-        for item in lines {
-            match item {
-                Ok(line) => {
-                    buf.extend_from_slice(&line);
-                    buf.extend_from_slice(b"\n");
-                }
-                Err(e) => {
-                    log::error!("{what}: reading failed mid-stream: {e}");
-                    return;
-                }
-            }
-            if buf.len() >= FRAME_BYTES && rt.block_on(tx.send_data(buf.split().freeze())).is_err() {
-                return; // the client went away
-            }
-        }
-        if !buf.is_empty() {
-            let _ = rt.block_on(tx.send_data(buf.freeze()));
-        }
-    });
-    let mut r = Response::new(body.boxed());
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
     r
 }
 
