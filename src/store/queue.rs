@@ -493,10 +493,8 @@ impl Store {
     ) {
         match entries {
             Some(entries) => self.quarantine(entries.iter().map(|&(o, _)| block.at_offset(o)), leases, why),
-            None => {
-                let keys = (0..layout::BLOCK).map(|i| RecordKey::new(block.batch_seq(), block.index() + i));
-                self.quarantine(keys, leases, why)
-            }
+            // Unreadable: every record the block can hold (offsets below BLOCK <= 256 fit a u8).
+            None => self.quarantine((0..layout::BLOCK).map(|o| block.at_offset(o as u8)), leases, why),
         }
     }
 
