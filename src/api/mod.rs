@@ -181,9 +181,14 @@ pub fn error(status: StatusCode, code: &'static str, message: impl Into<String>)
 /// A JSON response.
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(full(bytes));
+    typed(status, "application/json", full(bytes))
+}
+
+/// A response of `status` carrying `body` as `content_type`.
+pub fn typed(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 

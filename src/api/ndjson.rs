@@ -11,12 +11,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Response, StatusCode, header};
+use http::{Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
 
-use super::{Body, BodyError};
+use super::{Body, BodyError, typed};
 
 /// Bytes gathered before a frame is sent: fewer, larger writes.
 const FRAME_BYTES: usize = 64 * 1024;
@@ -35,10 +35,7 @@ where
 {
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD);
     tokio::task::spawn_blocking(move || produce(lines, &tx, what));
-    let mut r = Response::new(Queued(rx).boxed());
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
-    r
+    typed(StatusCode::OK, "application/x-ndjson", Queued(rx).boxed())
 }
 
 /// Reads `lines` into frames and queues them; stops when the client goes away (the receiver is

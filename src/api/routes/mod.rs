@@ -131,10 +131,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 /// A text response of `content_type`.
 pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(super::full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    r
+    super::typed(status, content_type, super::full(body))
 }
 
 /// A refused key operation as an HTTP error.
