@@ -21,12 +21,7 @@ impl Snapshot {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Snapshot(groups) };
         for task in tasks.flatten() {
             let path = task.path();
-            let (Ok(comm), Ok(stat)) =
-                (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("schedstat")))
-            else {
-                continue;
-            };
-            let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) else {
+            let (Ok(comm), Some(ns)) = (std::fs::read_to_string(path.join("comm")), run_ns(&path)) else {
                 continue;
             };
             *groups.entry(group(comm.trim()).to_owned()).or_default() += ns;
@@ -47,6 +42,17 @@ impl Snapshot {
     fn total(&self) -> u64 {
         self.0.values().sum()
     }
+}
+
+/// The calling thread's time on the CPU so far, in nanoseconds (0 if /proc cannot tell).
+pub fn this_thread_ns() -> u64 {
+    run_ns(std::path::Path::new("/proc/thread-self")).unwrap_or(0)
+}
+
+/// A thread's time on the CPU so far: the first field of its `schedstat`, in nanoseconds.
+fn run_ns(task: &std::path::Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(task.join("schedstat")).ok()?;
+    stat.split_whitespace().next()?.parse().ok()
 }
 
 /// A thread's group: its name without a trailing `-N` (`sign-2` → `sign`, `sled-io-6` →

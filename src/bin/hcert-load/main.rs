@@ -5,7 +5,8 @@
 //! `C_Sign` rate at 1 and 2 threads, starts the daemon (the `hcert-signer` binary next to this
 //! one), and then measures:
 //! - records per second from the first batch submitted over mTLS to the last result fetched
-//!   (the best of two runs, each raw rate being the best of three windows);
+//!   (the best of two runs, each raw rate being the best of three windows, and up to seven more
+//!   two-thread windows while SoftHSM's threads convoy);
 //! - latency of single-record `POST /v1/sign` on the idle daemon (p50, p99);
 //! - the daemon's RSS with a large number of records queued (signing paused);
 //! - for each end-to-end run, the CPU per signed record by daemon thread group, of the load
@@ -272,7 +273,7 @@ fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<Raw, String>
             let (pkcs11, stop, count, cpu_ns) = (&pkcs11, &stop, &count, &cpu_ns);
             s.spawn(move || {
                 let Ok(session) = pkcs11.open_ro_session(slot) else { return };
-                let cpu_start = thread_cpu_ns();
+                let cpu_start = cpu::this_thread_ns();
                 let mut digest = [t as u8; 32];
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -283,7 +284,7 @@ fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<Raw, String>
                     n += 1;
                 }
                 count.fetch_add(n, Ordering::Relaxed);
-                cpu_ns.fetch_add(thread_cpu_ns().saturating_sub(cpu_start), Ordering::Relaxed);
+                cpu_ns.fetch_add(cpu::this_thread_ns().saturating_sub(cpu_start), Ordering::Relaxed);
             });
         }
         std::thread::sleep(window);
@@ -295,14 +296,6 @@ fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<Raw, String>
     drop(login);
     pkcs11.finalize().map_err(e)?;
     Ok(Raw { rate, cpu_us })
-}
-
-/// The calling thread's time on the CPU so far, in nanoseconds (0 if /proc cannot tell).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// Daemon settings a run overrides (`None`: the daemon's default).
