@@ -216,8 +216,11 @@ fn run(args: Args) -> Result<(), String> {
     let me = std::process::id();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for _ in 0..2 {
+        // The request bodies are built before the clocks start: neither the rate nor the load
+        // tool's CPU figure should include making the test data.
+        let bodies = batch_bodies(&args);
         let (daemon_before, load_before) = (cpu::Snapshot::take(daemon.pid()), cpu::Snapshot::take(me));
-        let (r, signed, elapsed) = rt.block_on(throughput(listen, &tls, &args))?;
+        let (r, signed, elapsed) = rt.block_on(throughput(listen, &tls, &args, bodies))?;
         let (daemon_cpu, load_cpu) = (
             cpu::Snapshot::take(daemon.pid()).since(&daemon_before),
             cpu::Snapshot::take(me).since(&load_before),
@@ -433,16 +436,23 @@ async fn idle_latency(listen: std::net::SocketAddr, tls: &ClientTls, n: usize) -
     Ok((pct(0.50), pct(0.99)))
 }
 
+/// The JSON bodies of the end-to-end run: `--records` records in batches of `--batch`.
+fn batch_bodies(args: &Args) -> Vec<Vec<u8>> {
+    let pool = record_pool();
+    (0..args.records.div_ceil(args.batch))
+        .map(|b| batch_body(&pool, b * args.batch, args.batch.min(args.records - b * args.batch)))
+        .collect()
+}
+
+/// Submits `bodies` over `--connections` connections, then fetches and deletes every batch;
+/// the records signed per second from the first submission to the last fetch.
 async fn throughput(
     listen: std::net::SocketAddr,
     tls: &ClientTls,
     args: &Args,
+    bodies: Vec<Vec<u8>>,
 ) -> Result<(f64, u64, Duration), String> {
-    let pool = record_pool();
-    let batches: Vec<Vec<u8>> = (0..args.records.div_ceil(args.batch))
-        .map(|b| batch_body(&pool, b * args.batch, args.batch.min(args.records - b * args.batch)))
-        .collect();
-    let queue = Arc::new(std::sync::Mutex::new(batches));
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections.max(1) {
