@@ -7,7 +7,8 @@
 //! - records per second from the first batch submitted over mTLS to the last result fetched
 //!   (the best of two runs, each raw rate being the best of three windows, and up to seven more
 //!   two-thread windows while SoftHSM's threads convoy);
-//! - latency of single-record `POST /v1/sign` on the idle daemon (p50, p99);
+//! - latency of single-record `POST /v1/sign` on the idle daemon (p50, p99, and the slowest
+//!   request with its place in the sequence);
 //! - the daemon's RSS with a large number of records queued (signing paused);
 //! - for each end-to-end run, the CPU per signed record by daemon thread group, of the load
 //!   tool and left idle ([`cpu`]).
@@ -204,10 +205,10 @@ fn run(args: Args) -> Result<(), String> {
         daemon.stop();
         return report;
     }
-    let (p50, p99) = rt.block_on(idle_latency(listen, &tls, args.idle_requests))?;
+    let Latency { p50, p99, max, max_at } = rt.block_on(idle_latency(listen, &tls, args.idle_requests))?;
     println!(
-        "idle POST /v1/sign, 1 record: p50 {:.2} ms, p99 {:.2} ms ({} requests)",
-        p50, p99, args.idle_requests
+        "idle POST /v1/sign, 1 record: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (request {max_at} of {})",
+        args.idle_requests.max(1)
     );
 
     // Best of two runs, as each raw rate is: a run can land on a burst of other load too, and
@@ -411,7 +412,17 @@ pub(crate) fn batch_body(pool: &[Value], start: usize, n: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({ "records": records })).expect("json")
 }
 
-async fn idle_latency(listen: std::net::SocketAddr, tls: &ClientTls, n: usize) -> Result<(f64, f64), String> {
+/// Latencies of the idle `POST /v1/sign` requests, in ms.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    /// The slowest request, and its 1-based place in the sequence (the first request after
+    /// start-up may pay for lazy set-up that the percentiles hide).
+    max: f64,
+    max_at: usize,
+}
+
+async fn idle_latency(listen: std::net::SocketAddr, tls: &ClientTls, n: usize) -> Result<Latency, String> {
     let pool = record_pool();
     let mut c = ApiClient::connect(listen, "localhost", tls).await.map_err(|e| e.to_string())?;
     let mut times = Vec::with_capacity(n);
@@ -430,10 +441,12 @@ async fn idle_latency(listen: std::net::SocketAddr, tls: &ClientTls, n: usize) -
         // and stay under the per-client rate limit (50/s by default), whose 429s are not latency.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let (max_at, max) =
+        times.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or_default();
     times.sort_by(f64::total_cmp);
     let pct =
         |p: f64| times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1).min(times.len() - 1)];
-    Ok((pct(0.50), pct(0.99)))
+    Ok(Latency { p50: pct(0.50), p99: pct(0.99), max, max_at: max_at + 1 })
 }
 
 /// The JSON bodies of the end-to-end run: `--records` records in batches of `--batch`.
