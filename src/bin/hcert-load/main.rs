@@ -416,8 +416,8 @@ pub(crate) fn batch_body(pool: &[Value], start: usize, n: usize) -> Vec<u8> {
 struct Latency {
     p50: f64,
     p99: f64,
-    /// The slowest request, and its 1-based place in the sequence (the first request after
-    /// start-up may pay for lazy set-up that the percentiles hide).
+    /// The slowest request, and its 1-based place in the sequence: a lone stall (a slow fsync
+    /// of the audit log, say) that the percentiles hide.
     max: f64,
     max_at: usize,
 }
@@ -457,8 +457,9 @@ fn batch_bodies(args: &Args) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Submits `bodies` over `--connections` connections, then fetches and deletes every batch;
-/// the records signed per second from the first submission to the last fetch.
+/// Submits `bodies` over `--connections` connections, then fetches and deletes every batch:
+/// records signed per second from the first submission until every batch is fetched and
+/// deleted, the records signed, and that time.
 async fn throughput(
     listen: std::net::SocketAddr,
     tls: &ClientTls,
