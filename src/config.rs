@@ -127,7 +127,7 @@ pub const MAX_CHUNK_SIZE: usize = 1024;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSettings {
-    /// Worker threads (default: CPUs + 1). 0 accepts and stores batches without signing them,
+    /// Worker threads (default: 2 × CPUs). 0 accepts and stores batches without signing them,
     /// for maintenance (an HSM swap) — readiness then still reflects the HSM.
     pub workers: Option<usize>,
     /// Records per chunk (default 256: one HSM batch and one flushed commit each; larger chunks

@@ -6,10 +6,11 @@
 //! a bad signature into a citizen's QR code). Backends implement [`Backend`]:
 //! [`pkcs11`] (any PKCS#11 module; SoftHSM2 in the tests) and [`yubihsm`] (YubiHSM2).
 //!
-//! Verification runs where the signatures are made: each signing request carries a [`Check`]
-//! that the backend runs on the thread that signed (a pool worker for PKCS#11), so a batch is
-//! verified in parallel over the pool while the HSM signs the rest of it, and only a check can
-//! produce the [`Checked`] signatures [`Hsm`] releases.
+//! Verification runs on the thread that asked for the signatures, never on an HSM session's
+//! thread: a request travels as slices, each carrying a [`Check`], and the caller checks each
+//! slice as it collects it while the sessions sign the next ones. A session's thread thus
+//! spends its time in the token, which is the bottleneck, and only a check can produce the
+//! [`Checked`] signatures [`Hsm`] releases.
 //!
 //! All calls are blocking and may be made from many threads at once; call them from blocking
 //! threads (e.g. `spawn_blocking`), never from an async reactor thread.
@@ -104,12 +105,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Signs each 32-byte digest with ECDSA (no hashing by the HSM); returns raw `r‖s`.
     fn sign_digests(&self, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error>;
     /// Starts signing `digests` as [`Backend::sign_digests`] would and returns without waiting.
-    /// As soon as the raw signatures exist, the backend hands them to `check` ([`Hsm`]'s low-S
-    /// normalisation and software verification) on the thread that made them, and the request's
+    /// [`PendingSignatures::wait`] collects the raw signatures and runs `check` on them ([`Hsm`]'s
+    /// low-S normalisation and software verification) on the waiting thread; the request's
     /// result is what the check returned: only a check makes a [`Checked`] batch, so nothing
-    /// unverified can come out. Checking there spreads verification over the pool's threads and
-    /// overlaps it with the signing of the next requests. Same per-call timeout and fault
-    /// handling as `sign_digests`; dropping the handle abandons the request.
+    /// unverified can come out. A signature that fails it is reported as a fault of the session
+    /// set that made it. Same per-call timeout and fault handling as `sign_digests`; dropping
+    /// the handle abandons the request.
     ///
     /// The default signs and checks at once on the caller's thread: a backend with one device
     /// session (YubiHSM2) has nothing to overlap.
@@ -174,7 +175,7 @@ impl std::fmt::Debug for PendingSignatures {
     }
 }
 
-pub use check::{Check, Checked, Checking};
+pub use check::{Check, Checked};
 
 /// Verification of raw signatures, in a module of its own so that nothing else, backends
 /// included, can make a [`Checked`] batch without verifying it.
@@ -185,8 +186,8 @@ mod check {
     use super::{Error, Shared, Verifier};
 
     /// What [`super::Hsm`] does with one request's raw signatures: normalise each to low-S and
-    /// verify it over its message with the key's public key. A backend runs it where the
-    /// signatures were made ([`super::Backend::submit_digests`]).
+    /// verify it over its message with the key's public key. A backend runs it when the
+    /// signatures are collected ([`super::Backend::submit_digests`]).
     pub struct Check {
         label: String,
         verifier: Arc<Verifier>,
@@ -230,26 +231,35 @@ mod check {
         /// fails is never returned: it is counted, the cached public key is dropped (it may be
         /// a stale one), `report_fault` is called — the backend must reset as for a device
         /// fault — and the whole request fails with [`Error::BadSignature`].
-        pub fn run(self, raw: Vec<[u8; 64]>, report_fault: impl Fn(&str)) -> Result<Checked, Error> {
+        pub fn run(self, raw: Vec<[u8; 64]>, report_fault: impl FnOnce(&str)) -> Result<Checked, Error> {
             if raw.len() != self.ends.len() {
                 return Err(Error::Device {
                     op: "sign",
                     rv: format!("{} signatures for {} digests", raw.len(), self.ends.len()),
                 });
             }
-            let mut checking = self.start();
-            for raw in &raw {
-                checking.push(raw, &report_fault)?;
+            let mut out = Vec::with_capacity(raw.len());
+            let mut start = 0;
+            for (raw, &end) in raw.iter().zip(&self.ends) {
+                let message = self.messages.get(start..end).unwrap_or_default();
+                start = end;
+                match self.verify(message, raw) {
+                    Some(sig) => out.push(sig),
+                    None => {
+                        self.shared.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut cache) = self.shared.verifiers.write() {
+                            cache.remove(&self.label);
+                        }
+                        log::error!(
+                            "HSM returned a signature by {:?} that fails verification; discarded, resetting sessions",
+                            self.label
+                        );
+                        report_fault("a signature failed software verification");
+                        return Err(Error::BadSignature { label: self.label });
+                    }
+                }
             }
-            checking.finish()
-        }
-
-        /// Checks signature by signature as a backend makes them ([`Checking::push`]), so
-        /// that a session verifies each one right after its `C_Sign`: the pool's sessions then
-        /// take turns inside a software token instead of contending in it for a whole request.
-        pub fn start(self) -> Checking {
-            let out = Vec::with_capacity(self.ends.len());
-            Checking { check: self, out, start: 0 }
+            Ok(Checked(out))
         }
 
         /// The low-S form of `raw` if it verifies over `message`.
@@ -257,60 +267,6 @@ mod check {
             let sig = p256::ecdsa::Signature::from_slice(raw).ok()?;
             let bytes: [u8; 64] = sig.normalize_s().unwrap_or(sig).to_bytes().into();
             self.verifier.key.verify_sig(message, &bytes).ok().map(|()| bytes)
-        }
-    }
-
-    /// A [`Check`] under way: the signatures verified so far.
-    pub struct Checking {
-        check: Check,
-        out: Vec<[u8; 64]>,
-        /// Where the next message begins in `check.messages`.
-        start: usize,
-    }
-
-    impl Checking {
-        /// Normalises and verifies the next signature. On failure it does what [`Check::run`]
-        /// does (count, drop the cached key, `report_fault`) and returns
-        /// [`Error::BadSignature`]: the backend must then stop signing this request.
-        pub fn push(&mut self, raw: &[u8; 64], report_fault: impl FnOnce(&str)) -> Result<(), Error> {
-            let check = &self.check;
-            let Some(&end) = check.ends.get(self.out.len()) else {
-                return Err(Error::Device {
-                    op: "sign",
-                    rv: format!("more signatures than the {} digests", check.ends.len()),
-                });
-            };
-            let message = check.messages.get(self.start..end).unwrap_or_default();
-            self.start = end;
-            match check.verify(message, raw) {
-                Some(sig) => {
-                    self.out.push(sig);
-                    Ok(())
-                }
-                None => {
-                    check.shared.bad_signatures.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut cache) = check.shared.verifiers.write() {
-                        cache.remove(&check.label);
-                    }
-                    log::error!(
-                        "HSM returned a signature by {:?} that fails verification; discarded, resetting sessions",
-                        check.label
-                    );
-                    report_fault("a signature failed software verification");
-                    Err(Error::BadSignature { label: check.label.clone() })
-                }
-            }
-        }
-
-        /// The verified signatures, once there is one per message.
-        pub fn finish(self) -> Result<Checked, Error> {
-            if self.out.len() != self.check.ends.len() {
-                return Err(Error::Device {
-                    op: "sign",
-                    rv: format!("{} signatures for {} digests", self.out.len(), self.check.ends.len()),
-                });
-            }
-            Ok(Checked(self.out))
         }
     }
 
@@ -428,8 +384,9 @@ impl Hsm {
 
     /// Signs a batch of `(message, SHA-256(message))` items with one key; same guarantees as
     /// [`Hsm::sign`] for each signature. The batch is cut into requests, all submitted before
-    /// the first answer is awaited, so that every session of the backend has work and each
-    /// signature is verified while the other sessions sign. All or nothing: any failure fails
+    /// the first answer is awaited, so that every session of the backend has work, and the
+    /// caller verifies each request's signatures while the sessions sign the next requests.
+    /// All or nothing: any failure fails
     /// the batch, and no signature of a failed batch is released.
     pub fn sign_many<M: AsRef<[u8]>>(
         &self,
@@ -463,10 +420,9 @@ impl Hsm {
     /// encodes and commits while the others' slices keep every session busy. (Submitted a few
     /// at a time, the callers' slices would interleave, all callers would finish together and
     /// the pool would idle while they encode.) Each request carries the [`Check`] of its
-    /// slice, which the backend runs as the signatures are made. The answers are collected
-    /// last slice first: it is answered last, so the caller sleeps once instead of once per
-    /// slice. All or nothing: on any error no signature is returned (see [`all_or_error`] for
-    /// which error the caller sees).
+    /// slice, and the answers are collected in order, so the caller verifies one slice while
+    /// the sessions sign the next. All or nothing: on any error no signature is returned (see
+    /// [`all_or_error`] for which error the caller sees).
     fn pipeline<M: AsRef<[u8]>>(&self, label: &str, items: &[(M, [u8; 32])]) -> Result<Vec<[u8; 64]>, Error> {
         validate_label(label)?;
         // Every digest is checked against its message before anything is sent, so the HSM
@@ -476,9 +432,7 @@ impl Hsm {
         }
         let verifier = self.verifier(label)?;
         let requests = self.submit_all(label, &verifier, items);
-        let mut answers: Vec<_> =
-            requests.into_iter().rev().map(|(range, pending)| (range, pending.wait())).collect();
-        answers.reverse();
+        let answers: Vec<_> = requests.into_iter().map(|(range, pending)| (range, pending.wait())).collect();
         let mut out = Vec::with_capacity(items.len());
         for (range, checked) in all_or_error(answers)? {
             let sigs = checked.into_signatures();

@@ -10,9 +10,9 @@
 //! * `pool_size` signing workers, each owning one read-only session, all fed by one job queue.
 //!   Callers put a job on the queue and wait for the reply with a timeout — or put several and
 //!   collect the replies later; they never enter the PKCS#11 module themselves, so a hung token
-//!   cannot hang them. A signing job also runs the caller's [`Check`] (software verification)
-//!   on the worker, so verification is spread over the pool and overlaps the other sessions'
-//!   signing.
+//!   cannot hang them. A signing job only signs: the caller runs its [`Check`] (software
+//!   verification) when it collects the answer, so a session's thread spends its time in the
+//!   token and the verification of one slice overlaps the signing of the next.
 //!
 //! A supervisor thread owns the lifecycle. It abandons and replaces a worker whose call overran
 //! its deadline, and on a device fault (or a signature that failed verification) it tears the
@@ -375,20 +375,19 @@ impl Backend for Pkcs11Backend {
         let label = label.to_string();
         let calls = sign_calls(digests.len());
         let inner = self.inner();
+        // The session only signs; the caller verifies when it collects the answer (module doc).
         let submitted = inner.submit(Kind::Sign, "sign", calls, move |s, ctx| {
-            // Each signature is verified here, on the worker, right after its C_Sign: the
-            // other sessions sign meanwhile, and a bad signature stops the request at once. It
-            // is a fault of this generation (not of whichever one is current when it is seen).
-            let mut checking = check.start();
-            ctx.sign_each(s, &label, &digests, |raw| {
-                checking.push(raw, |what| ctx.inner.report_fault(ctx.generation, what))
-            })?;
-            checking.finish()
+            Ok((ctx.sign(s, &label, &digests)?, ctx.generation.clone()))
         });
         match submitted {
             Ok(reply) => {
                 let inner = inner.clone();
-                PendingSignatures::deferred(move || inner.wait(reply))
+                PendingSignatures::deferred(move || {
+                    let (raw, generation) = inner.wait(reply)?;
+                    // A bad signature is a fault of the generation that made it, not of
+                    // whichever one is current by now.
+                    check.run(raw, |what| inner.report_fault(&generation, what))
+                })
             }
             Err(e) => PendingSignatures::ready(Err(e)),
         }
@@ -1100,24 +1099,9 @@ impl Ctx<'_> {
         })
     }
 
+    /// Signs `digests` in order (raw `r‖s`, unverified); stops at the first error.
     fn sign(&self, s: &Session, label: &str, digests: &[[u8; 32]]) -> Result<Vec<[u8; 64]>, Error> {
         let mut out = Vec::with_capacity(digests.len());
-        self.sign_each(s, label, digests, |raw| {
-            out.push(*raw);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Signs `digests` in order, handing each raw signature to `each` as soon as it is made;
-    /// stops at the first error, `each`'s included.
-    fn sign_each(
-        &self,
-        s: &Session,
-        label: &str,
-        digests: &[[u8; 32]],
-        mut each: impl FnMut(&[u8; 64]) -> Result<(), Error>,
-    ) -> Result<(), Error> {
         let mut handle = self.private_handle(s, label)?;
         let mut refreshed = false;
         for digest in digests {
@@ -1145,9 +1129,9 @@ impl Ctx<'_> {
                 );
                 Error::Device { op: "C_Sign", rv: format!("{}-byte signature, expected 64", sig.len()) }
             })?;
-            each(&raw)?;
+            out.push(raw);
         }
-        Ok(())
+        Ok(out)
     }
 
     fn generate(&self, s: &Session, label: &str) -> Result<KeyInfo, Error> {
@@ -1431,59 +1415,51 @@ mod tests {
         false
     }
 
-    /// The check now runs on the pool's workers: a signature that fails it must still never be
-    /// released, and must reset the generation that made it, after which signing resumes.
+    /// A signature that fails its check (run by the caller, after the pool answered) must never
+    /// be released, and must reset the generation that made it, after which signing resumes.
     #[test]
-    fn a_signature_failing_its_check_on_a_worker_resets_the_pool() {
-        with_softhsm_token(
-            "hsm::pkcs11::tests::a_signature_failing_its_check_on_a_worker_resets_the_pool",
-            |cfg| {
-                use super::super::{Hsm, sha256};
-                let backend = Pkcs11Backend::open(&cfg).expect("open the token");
-                let hsm = Hsm::from_backend(backend.clone());
-                hsm.generate_key("unit-a").expect("generate");
-                let other = hsm.generate_key("unit-b").expect("generate");
-                let items: Vec<(Vec<u8>, [u8; 32])> =
-                    (0..64u8).map(|i| vec![i; 40]).map(|m| (m.clone(), sha256(&m))).collect();
-                assert_eq!(hsm.sign_many("unit-a", &items).expect("sign").len(), 64);
+    fn a_signature_failing_its_check_resets_the_pool() {
+        with_softhsm_token("hsm::pkcs11::tests::a_signature_failing_its_check_resets_the_pool", |cfg| {
+            use super::super::{Hsm, sha256};
+            let backend = Pkcs11Backend::open(&cfg).expect("open the token");
+            let hsm = Hsm::from_backend(backend.clone());
+            hsm.generate_key("unit-a").expect("generate");
+            let other = hsm.generate_key("unit-b").expect("generate");
+            let items: Vec<(Vec<u8>, [u8; 32])> =
+                (0..64u8).map(|i| vec![i; 40]).map(|m| (m.clone(), sha256(&m))).collect();
+            assert_eq!(hsm.sign_many("unit-a", &items).expect("sign").len(), 64);
 
-                // Make the cached verifier of unit-a the key of unit-b: every signature now fails.
-                let wrong = hsm.inner.shared.verifiers.read().expect("cache").get("unit-a").cloned();
-                assert!(wrong.is_some());
-                hsm.sign("unit-b", b"warm", &sha256(b"warm")).expect("sign with unit-b");
-                let b = hsm.inner.shared.verifiers.read().expect("cache").get("unit-b").cloned();
-                hsm.inner
-                    .shared
-                    .verifiers
-                    .write()
-                    .expect("cache")
-                    .insert("unit-a".into(), b.expect("cached"));
-                let e = hsm.sign_many("unit-a", &items).expect_err("signatures checked with the wrong key");
-                assert!(matches!(e, Error::BadSignature { .. }), "{e:?}");
-                let stats = hsm.stats();
-                assert_eq!(stats.signatures, 65, "nothing of the failed batch released: {stats:?}");
-                assert!(stats.bad_signatures >= 1 && stats.backend.faults >= 1, "{stats:?}");
-                assert!(
-                    !hsm.inner.shared.verifiers.read().expect("cache").contains_key("unit-a"),
-                    "stale key kept"
-                );
+            // Make the cached verifier of unit-a the key of unit-b: every signature now fails.
+            let wrong = hsm.inner.shared.verifiers.read().expect("cache").get("unit-a").cloned();
+            assert!(wrong.is_some());
+            hsm.sign("unit-b", b"warm", &sha256(b"warm")).expect("sign with unit-b");
+            let b = hsm.inner.shared.verifiers.read().expect("cache").get("unit-b").cloned();
+            hsm.inner.shared.verifiers.write().expect("cache").insert("unit-a".into(), b.expect("cached"));
+            let e = hsm.sign_many("unit-a", &items).expect_err("signatures checked with the wrong key");
+            assert!(matches!(e, Error::BadSignature { .. }), "{e:?}");
+            let stats = hsm.stats();
+            assert_eq!(stats.signatures, 65, "nothing of the failed batch released: {stats:?}");
+            assert!(stats.bad_signatures >= 1 && stats.backend.faults >= 1, "{stats:?}");
+            assert!(
+                !hsm.inner.shared.verifiers.read().expect("cache").contains_key("unit-a"),
+                "stale key kept"
+            );
 
-                // The generation is rebuilt and the right key is read again.
-                assert!(
-                    wait_for(|| backend.stats().available && backend.stats().reinits >= 1),
-                    "{:?}",
-                    hsm.stats()
-                );
-                let sigs = hsm.sign_many("unit-a", &items).expect("sign after the reset");
-                let vk = p256::ecdsa::VerifyingKey::from(&hsm.public_key("unit-a").expect("pk"));
-                for ((m, _), sig) in items.iter().zip(&sigs) {
-                    use p256::ecdsa::signature::Verifier;
-                    let sig = p256::ecdsa::Signature::from_slice(sig).expect("sig");
-                    assert!(vk.verify(m, &sig).is_ok());
-                }
-                assert_ne!(other.public_key, hsm.public_key("unit-a").expect("pk"));
-            },
-        );
+            // The generation is rebuilt and the right key is read again.
+            assert!(
+                wait_for(|| backend.stats().available && backend.stats().reinits >= 1),
+                "{:?}",
+                hsm.stats()
+            );
+            let sigs = hsm.sign_many("unit-a", &items).expect("sign after the reset");
+            let vk = p256::ecdsa::VerifyingKey::from(&hsm.public_key("unit-a").expect("pk"));
+            for ((m, _), sig) in items.iter().zip(&sigs) {
+                use p256::ecdsa::signature::Verifier;
+                let sig = p256::ecdsa::Signature::from_slice(sig).expect("sig");
+                assert!(vk.verify(m, &sig).is_ok());
+            }
+            assert_ne!(other.public_key, hsm.public_key("unit-a").expect("pk"));
+        });
     }
 
     #[test]

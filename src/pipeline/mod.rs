@@ -2,9 +2,9 @@
 //! them through the HSM pool and commit the results, chunk by chunk.
 //!
 //! Workers are plain threads, not async tasks: their work is CPU (codec, verification) and
-//! blocking PKCS#11 calls. Several run at once so that one encodes while another waits for the
-//! HSM or for the store's fsync. An HSM outage releases the chunk back to the queue and the
-//! worker backs off; nothing accepted is dropped.
+//! blocking waits on the HSM pool. Several run at once so that one encodes or verifies while
+//! another waits for the HSM or for the store's fsync. An HSM outage releases the chunk back to
+//! the queue and the worker backs off; nothing accepted is dropped.
 
 pub mod sign;
 
@@ -33,7 +33,9 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self { workers: cpus + 1, chunk_size: 256, idle_poll: Duration::from_millis(250) }
+        // Two per CPU: each verifies its signatures itself, so while some wait for the HSM
+        // or the store, the others keep the cores busy.
+        Self { workers: 2 * cpus, chunk_size: 256, idle_poll: Duration::from_millis(250) }
     }
 }
 
