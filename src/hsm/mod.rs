@@ -130,7 +130,8 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// Signatures a backend has been asked for ([`Backend::submit_digests`]) and may still be
-/// making; once made, they have been through their [`Check`].
+/// making; [`PendingSignatures::wait`] returns them only once they have been through their
+/// [`Check`].
 #[must_use = "dropping a pending request abandons it"]
 pub struct PendingSignatures {
     state: PendingState,
@@ -150,8 +151,9 @@ impl PendingSignatures {
         PendingSignatures { state: PendingState::Ready(result) }
     }
 
-    /// A request answered later by `wait`, which must return within the backend's per-call
-    /// timeout whatever the device does.
+    /// A request answered later by `wait`, whose wait for the device must end within the
+    /// backend's per-call timeout whatever the device does; the check that follows is CPU work
+    /// on the caller's thread.
     pub fn deferred(wait: impl FnOnce() -> Result<Checked, Error> + Send + 'static) -> PendingSignatures {
         PendingSignatures { state: PendingState::Deferred(Box::new(wait)) }
     }

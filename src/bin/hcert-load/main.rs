@@ -51,8 +51,8 @@ struct Args {
     /// Seconds per raw C_Sign measurement window (each rate is the best of three).
     #[arg(long, default_value_t = 3.0)]
     raw_secs: f64,
-    /// Single-record POST /v1/sign requests for the idle latency figure (25 ms apart).
-    #[arg(long, default_value_t = 400)]
+    /// Single-record POST /v1/sign requests for the idle latency figure (25 ms apart; at least 1).
+    #[arg(long, default_value_t = 400, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     idle_requests: usize,
     /// Records queued (signing paused) for the memory figure; 0 skips it.
     #[arg(long, default_value_t = 200_000)]
@@ -208,7 +208,7 @@ fn run(args: Args) -> Result<(), String> {
     let Latency { p50, p99, max, max_at } = rt.block_on(idle_latency(listen, &tls, args.idle_requests))?;
     println!(
         "idle POST /v1/sign, 1 record: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (request {max_at} of {})",
-        args.idle_requests.max(1)
+        args.idle_requests
     );
 
     // Best of two runs, as each raw rate is: a run can land on a burst of other load too, and
