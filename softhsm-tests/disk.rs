@@ -465,7 +465,9 @@ async fn a_full_disk_pauses_signing_at_the_floor_and_it_resumes_without_a_restar
         let mut d = Daemon::init();
         // The default reserve (256 MiB) and so a floor of 32 MiB.
         let fs = mounted!("under the floor", Tmpfs::mount(&d.path().join("disk"), "384m"));
-        use_state_dir(&d, &fs.path.join("state"), "");
+        // One pipeline worker: signing then runs slower than the batches are submitted, so
+        // most of the work is still to sign when the fill lands.
+        use_state_dir(&d, &fs.path.join("state"), "\n[pipeline]\nworkers = 1\n");
         d.spawn();
         d.wait_ready(Duration::from_secs(60));
         let mut c = d.client("issuer").await;
@@ -477,7 +479,15 @@ async fn a_full_disk_pauses_signing_at_the_floor_and_it_resumes_without_a_restar
         for b in 0..BATCHES {
             accepted.push(submit(&mut c, &format!("big{b}-"), 10_000).await.expect("202"));
         }
-        wait_signing(&mut c, &accepted[BATCHES - 1].id).await;
+        // The fill lands as soon as signing has begun (it begins while the later batches are
+        // still being submitted). Waiting until the last batch was signing left only ≈ 6,000
+        // records (≈ 0.5 s of signing) of margin, and one run of the whole suite, where this
+        // client shares the cores with other daemons, failed at the pause.
+        let started = Instant::now();
+        while signed_so_far(&mut c, &accepted).await == 0 {
+            assert!(started.elapsed() < Duration::from_secs(300), "signing never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // Just under the floor: signing pauses before sled could meet ENOSPC.
         let filler = fill(&fs.path, 31 * MIB);
         let v = wait_readyz(&d, Duration::from_secs(10), |s, _| s == 503).await;
