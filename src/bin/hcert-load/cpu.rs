@@ -65,7 +65,8 @@ fn group(comm: &str) -> &str {
 }
 
 /// One line: µs per record for the daemon (and its groups, largest first), the load tool and
-/// the idle remainder of `cores` × `elapsed`.
+/// the idle remainder of `cores` × `elapsed`; then all of it but the `hsm-sign` threads (the
+/// device's own signing), which is what decides the ratio to the raw `C_Sign` rate.
 pub fn report(daemon: &Snapshot, load: &Snapshot, elapsed: Duration, cores: usize, records: u64) -> String {
     let per = |ns: u64| ns as f64 / 1e3 / records.max(1) as f64;
     let mut groups: Vec<_> = daemon.0.iter().filter(|(_, ns)| per(**ns) >= 0.05).collect();
@@ -73,12 +74,16 @@ pub fn report(daemon: &Snapshot, load: &Snapshot, elapsed: Duration, cores: usiz
     let parts: Vec<String> = groups.iter().map(|(g, ns)| format!("{g} {:.1}", per(**ns))).collect();
     let available = elapsed.as_nanos() as u64 * cores as u64;
     let idle = available.saturating_sub(daemon.total() + load.total());
+    let device = daemon.0.get("hsm-sign").copied().unwrap_or(0);
+    let outside = (daemon.total() - device) + load.total() + idle;
     format!(
-        "cpu per signed record: daemon {:.1} µs ({}), load tool {:.1} µs, idle {:.1} µs",
+        "cpu per signed record: daemon {:.1} µs ({}), load tool {:.1} µs, idle {:.1} µs; \
+         all but hsm-sign {:.1} µs",
         per(daemon.total()),
         parts.join(", "),
         per(load.total()),
-        per(idle)
+        per(idle),
+        per(outside)
     )
 }
 
@@ -116,7 +121,8 @@ mod tests {
         let line = report(&daemon, &load, Duration::from_millis(3), 2, 1000);
         assert_eq!(
             line,
-            "cpu per signed record: daemon 4.0 µs (hsm-sign 3.0, sign 1.0), load tool 0.5 µs, idle 1.5 µs"
+            "cpu per signed record: daemon 4.0 µs (hsm-sign 3.0, sign 1.0), load tool 0.5 µs, idle 1.5 µs; \
+             all but hsm-sign 3.0 µs"
         );
     }
 }
