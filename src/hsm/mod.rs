@@ -388,8 +388,8 @@ impl Hsm {
     /// [`Hsm::sign`] for each signature. The batch is cut into requests, all submitted before
     /// the first answer is awaited, so that every session of the backend has work, and the
     /// caller verifies each request's signatures while the sessions sign the next requests.
-    /// All or nothing: any failure fails
-    /// the batch, and no signature of a failed batch is released.
+    /// All or nothing: any failure fails the batch, and no signature of a failed batch is
+    /// released.
     pub fn sign_many<M: AsRef<[u8]>>(
         &self,
         label: &str,

@@ -257,6 +257,10 @@ struct Reply<T> {
     deadline: Instant,
 }
 
+/// The name of every signing session's thread: what per-thread CPU accounting (`hcert-load`,
+/// `top -H`) reads as the device's own signing time.
+pub const SIGN_THREAD_NAME: &str = "hsm-sign";
+
 /// The longest any call waits, whatever its size: a bound for budgets the clock cannot add.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -707,7 +711,7 @@ impl Inner {
         });
         let (inner, g, w) = (self.clone(), generation.clone(), worker.clone());
         let name = match kind {
-            Kind::Sign => "hsm-sign",
+            Kind::Sign => SIGN_THREAD_NAME,
             Kind::Admin => "hsm-admin",
         };
         let thread = std::thread::Builder::new()

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hcert_signer::hsm::pkcs11::SIGN_THREAD_NAME;
+
 /// CPU time per thread group of one process, in nanoseconds.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot(BTreeMap<String, u64>);
@@ -74,7 +76,7 @@ pub fn report(daemon: &Snapshot, load: &Snapshot, elapsed: Duration, cores: usiz
     let parts: Vec<String> = groups.iter().map(|(g, ns)| format!("{g} {:.1}", per(**ns))).collect();
     let available = elapsed.as_nanos() as u64 * cores as u64;
     let idle = available.saturating_sub(daemon.total() + load.total());
-    let device = daemon.0.get("hsm-sign").copied().unwrap_or(0);
+    let device = daemon.0.get(SIGN_THREAD_NAME).copied().unwrap_or(0);
     let outside = (daemon.total() - device) + load.total() + idle;
     format!(
         "cpu per signed record: daemon {:.1} µs ({}), load tool {:.1} µs, idle {:.1} µs; \
