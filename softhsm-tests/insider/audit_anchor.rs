@@ -117,6 +117,12 @@ fn labels(d: &Daemon, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// Another P-256 key's public half, PEM.
+fn other_key_pem() -> String {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    p256::SecretKey::from_slice(&[5; 32]).unwrap().public_key().to_public_key_pem(LineEnding::LF).unwrap()
+}
+
 /// The number of entries of the stopped daemon's audit log, checked with the pinned key.
 fn entries(d: &Daemon, pem: &Path) -> u64 {
     let config = d.path().join("config.toml");
@@ -252,6 +258,25 @@ async fn a_log_cut_back_to_a_checkpoint_fails_against_the_published_heads() {
         "{report}"
     );
 
+    // Checked against another audit key (one swapped in with its own audit-key.pem): the heads
+    // name the key they were signed by.
+    let other_pem = d.path().join("other-key.pem");
+    std::fs::write(&other_pem, other_key_pem()).unwrap();
+    let (ok, report, _) = audit_verify(&[
+        os("--store".as_ref()),
+        os(&state.join("store")),
+        os("--audit-key".as_ref()),
+        os(&other_pem),
+        os("--anchor".as_ref()),
+        os(&lines_file),
+    ]);
+    assert!(!ok);
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("was signed by audit key sha256") && error.contains("but the pinned audit key is"),
+        "{report}"
+    );
+
     // The real store cut and the daemon started on it: it grows a new tail, which the running
     // appliance's log (the API as the source) cannot make agree with the published heads.
     cut(&state.join("store"), earlier);
@@ -285,10 +310,7 @@ async fn the_audit_key_is_pinned_to_the_first_start() {
     let before = entries(&d, &pem);
 
     // Another key's public half in audit-key.pem: refused, naming both fingerprints.
-    let other = {
-        use p256::pkcs8::{EncodePublicKey as _, LineEnding};
-        p256::SecretKey::from_slice(&[5; 32]).unwrap().public_key().to_public_key_pem(LineEnding::LF).unwrap()
-    };
+    let other = other_key_pem();
     std::fs::write(&pem, &other).unwrap();
     let (code, err) = refused_start(&d);
     assert_eq!(code, 78, "{err}");
