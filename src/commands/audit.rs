@@ -31,7 +31,7 @@ pub struct Args {
 #[group(required = true, multiple = false)]
 pub struct Source {
     /// The daemon's configuration: its store (`state_dir/store`, daemon stopped) and the audit key
-    /// it wrote (`state_dir/audit-key.pem`).
+    /// it wrote when it made the key (`state_dir/audit-key.pem`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A store directory (a stopped daemon's, a copy, a backup).
