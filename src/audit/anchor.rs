@@ -79,7 +79,7 @@ impl Head {
         if !self.audit_key_sha256.eq_ignore_ascii_case(&pinned) {
             return Err(AnchorError::OtherKey { seq, published: self.audit_key_sha256.clone(), pinned });
         }
-        if self.covers + 1 != seq {
+        if self.covers.checked_add(1) != Some(seq) {
             return Err(AnchorError::Malformed {
                 seq,
                 reason: format!("covers entry {} but a checkpoint covers the entry before it", self.covers),
