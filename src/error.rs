@@ -17,6 +17,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("config: {0}")]
     Config(String),
+    /// The audit key is missing, changed, or not the one this state directory recorded.
+    #[error("audit key: {0}")]
+    AuditKey(crate::keys::audit_key::AuditKeyError),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     File {
@@ -40,6 +43,16 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl From<crate::keys::audit_key::AuditKeyError> for Error {
+    fn from(e: crate::keys::audit_key::AuditKeyError) -> Error {
+        match e {
+            // The HSM's own errors keep their exit status (a token away is worth a restart).
+            crate::keys::audit_key::AuditKeyError::Hsm(e) => Error::Hsm(e),
+            e => Error::AuditKey(e),
+        }
+    }
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -54,7 +67,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         use crate::hsm::Error as H;
         match self {
-            Error::Config(_) | Error::File { .. } | Error::Pki(_) => EXIT_CONFIG,
+            Error::Config(_) | Error::File { .. } | Error::Pki(_) | Error::AuditKey(_) => EXIT_CONFIG,
             Error::Hsm(e)
                 if e.is_pin_error()
                     || matches!(

@@ -286,6 +286,9 @@ where
         (&Method::POST, ["v1", "revocations"]) => routes::revocations::handle(&state, &client, req).await,
         (&Method::GET, ["v1", "audit"]) => routes::audit_log::handle(&state, req.uri().query()).await,
         (&Method::GET, ["v1", "audit", "key"]) => routes::audit_log::key(&state),
+        (&Method::GET, ["v1", "audit", "checkpoints"]) => {
+            routes::audit_checkpoints::handle(&state, req.uri().query()).await
+        }
         (
             _,
             ["v1", "batches"]
@@ -296,7 +299,7 @@ where
             | ["v1", "keys"]
             | ["v1", "keys", _, "csr" | "certificate" | "approve" | "retire" | "upload"]
             | ["v1", "audit"]
-            | ["v1", "audit", "key"]
+            | ["v1", "audit", "key" | "checkpoints"]
             | ["v1", "revocations"],
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -326,6 +329,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/revocations"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/key"),
+    ("GET", "/v1/audit/checkpoints"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ];

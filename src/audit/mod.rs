@@ -14,6 +14,7 @@
 //!
 //! No personal data is written: references and UVCIs appear only as truncated SHA-256 hashes.
 
+pub mod anchor;
 pub mod revocation;
 
 use base64::Engine as _;
@@ -216,6 +217,9 @@ pub struct Summary {
     /// Entries after the last checkpoint: intact as a chain, but a truncation of these could
     /// not be told apart from a log that ended earlier.
     pub unanchored: u64,
+    /// Published checkpoint heads (`--anchor`) the log was checked against (0: none given, so a
+    /// log cut back to just after any checkpoint would verify too).
+    pub published_checked: u64,
 }
 
 /// The first entry that is wrong, and why.
@@ -231,6 +235,20 @@ pub struct BadEntry {
 /// Checks a log given as `(stored key, stored value)` in key order. `audit_key` verifies the
 /// checkpoints. Stops at the first bad entry.
 pub fn verify_chain<I>(entries: I, audit_key: &p256::ecdsa::VerifyingKey) -> Result<Summary, BadEntry>
+where
+    I: IntoIterator<Item = Result<(u64, Vec<u8>), BadEntry>>,
+{
+    verify_chain_anchored(entries, audit_key, &anchor::Anchors::default())
+}
+
+/// [`verify_chain`], and the log must also agree with every published checkpoint head in
+/// `anchors` (already checked against the same key) and reach the last of them: a log cut back
+/// to just after an earlier checkpoint fails, naming the missing entries.
+pub fn verify_chain_anchored<I>(
+    entries: I,
+    audit_key: &p256::ecdsa::VerifyingKey,
+    anchors: &anchor::Anchors,
+) -> Result<Summary, BadEntry>
 where
     I: IntoIterator<Item = Result<(u64, Vec<u8>), BadEntry>>,
 {
@@ -284,11 +302,14 @@ where
                 summary.last_checkpoint = seq;
             }
         }
+        anchors.check_entry(seq, &entry)?;
         summary.entries += 1;
         prev = computed;
         expected = seq + 1;
     }
-    // Entries run 1..=entries without gaps, so the count after the last checkpoint is:
+    // Entries run 1..=entries without gaps, so the last sequence number is the count.
+    anchors.check_end(summary.entries)?;
+    summary.published_checked = anchors.len() as u64;
     summary.unanchored = summary.entries - summary.last_checkpoint;
     Ok(summary)
 }
@@ -386,6 +407,107 @@ mod tests {
         l[5].1 = cp.seal(&prev).0;
         let e = check(l).unwrap_err();
         assert_eq!(e.seq, 6, "{e}");
+    }
+
+    /// The published heads of a log's checkpoints.
+    fn heads(log: &[(u64, Vec<u8>)]) -> Vec<anchor::Head> {
+        let fp = anchor::key_sha256(key().verifying_key());
+        log.iter().filter_map(|(_, stored)| anchor::Head::from_stored(stored, "audit", &fp)).collect()
+    }
+
+    /// `n` entries with a checkpoint after every third.
+    fn checkpointed(n: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut prev = GENESIS;
+        for seq in FIRST_SEQ..=n {
+            let event = if seq % 4 == 0 {
+                let sig: p256::ecdsa::Signature = key().sign(&checkpoint_message(seq - 1, &prev));
+                Event::Checkpoint {
+                    covers: seq - 1,
+                    head: hex::encode(prev),
+                    signature: B64.encode(sig.to_bytes()),
+                }
+            } else {
+                Event::Started { audit_key: "audit".into(), version: "1".into() }
+            };
+            let (stored, hash) = Entry { seq, time: 100, event }.seal(&prev);
+            out.push((seq, stored));
+            prev = hash;
+        }
+        out
+    }
+
+    fn check_anchored(entries: Vec<(u64, Vec<u8>)>, heads: Vec<anchor::Head>) -> Result<Summary, BadEntry> {
+        let anchors = anchor::Anchors::new(heads, key().verifying_key()).unwrap();
+        verify_chain_anchored(entries.into_iter().map(Ok), key().verifying_key(), &anchors)
+    }
+
+    #[test]
+    fn a_log_cut_back_to_a_checkpoint_fails_against_the_published_heads() {
+        let full = checkpointed(13);
+        let published = heads(&full);
+        assert_eq!(published.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![4, 8, 12]);
+        let s = check_anchored(full.clone(), published.clone()).unwrap();
+        assert_eq!((s.entries, s.published_checked, s.unanchored), (13, 3, 1));
+
+        // Cut back to just after checkpoint 4: the chain alone is fine, the anchors are not.
+        let cut: Vec<_> = full.iter().take(4).cloned().collect();
+        assert_eq!(check(cut.clone()).unwrap().unanchored, 0);
+        let e = check_anchored(cut, published.clone()).unwrap_err();
+        assert_eq!(e.seq, 5);
+        assert_eq!(
+            e.reason,
+            "the log ends at entry 4 but checkpoint 12 was published: entries 5..12 are missing"
+        );
+
+        // Cut to just before the last checkpoint.
+        let e = check_anchored(full.iter().take(11).cloned().collect(), published.clone()).unwrap_err();
+        assert!(e.reason.contains("entries 12..12 are missing"), "{e}");
+
+        // Cut after checkpoint 8 and grown again: entry 12 is not the published checkpoint.
+        let mut regrown: Vec<_> = full.iter().take(8).cloned().collect();
+        let mut prev: Hash = regrown[7].1[..32].try_into().unwrap();
+        for seq in 9..=13 {
+            let (stored, hash) = Entry {
+                seq,
+                time: 200,
+                event: Event::Started { audit_key: "x".into(), version: "2".into() },
+            }
+            .seal(&prev);
+            regrown.push((seq, stored));
+            prev = hash;
+        }
+        let e = check_anchored(regrown, published).unwrap_err();
+        assert_eq!(e.seq, 12);
+        assert!(e.reason.contains("disagrees with published checkpoint 12"), "{e}");
+    }
+
+    #[test]
+    fn published_heads_must_verify_under_the_pinned_key() {
+        let mut published = heads(&checkpointed(8));
+        let other = SigningKey::from_slice(&[9; 32]).unwrap();
+        // Another key's heads name another fingerprint.
+        let e = anchor::Anchors::new(published.clone(), other.verifying_key()).unwrap_err();
+        assert!(matches!(e, anchor::AnchorError::OtherKey { seq: 4, .. }), "{e}");
+        // A forged head claiming the pinned key.
+        published[1].hash = hex::encode([1u8; 32]);
+        let e = anchor::Anchors::new(published, key().verifying_key()).unwrap_err();
+        assert_eq!(e, anchor::AnchorError::BadSignature { seq: 8 });
+    }
+
+    #[test]
+    fn anchor_files_come_as_a_page_an_array_one_head_or_lines() {
+        let published = heads(&checkpointed(8));
+        let page = serde_json::json!({ "checkpoints": published, "next": null }).to_string();
+        let array = serde_json::to_string(&published).unwrap();
+        let one = published[1].to_json();
+        let lines = published.iter().map(anchor::Head::to_json).collect::<Vec<_>>().join("\n") + "\n";
+        for (text, n) in [(&page, 2), (&array, 2), (&one, 1), (&lines, 2)] {
+            assert_eq!(anchor::parse_heads(text).unwrap().len(), n, "{text}");
+        }
+        for bad in ["", "[]", "{\"seq\":1}", "not json\n"] {
+            assert!(matches!(anchor::parse_heads(bad), Err(anchor::AnchorError::Unreadable(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `hcert-signer audit …`: check the audit log's chain and checkpoints (`verify`), and export
-//! revocation entries for the EU gateway (`revocation`). Both read a store offline (the daemon
-//! stopped, or a copy or backup); `verify` can also fetch the log from a running appliance.
+//! `hcert-signer audit …`: check the audit log's chain and checkpoints (`verify`, also against
+//! checkpoint heads published outside the store: `--anchor`), and export revocation entries for
+//! the EU gateway (`revocation`). Both read a store offline (the daemon stopped, or a copy or
+//! backup); `verify` can also fetch the log from a running appliance.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,8 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::Subcommand;
 
+use crate::audit::anchor::{Anchors, parse_heads};
 use crate::audit::revocation::{self, HashType, Selection};
-use crate::audit::{BadEntry, verify_chain};
+use crate::audit::{BadEntry, verify_chain_anchored};
 use crate::client::Profile;
 use crate::config::Config;
 use crate::store::{Store, StoreOptions};
@@ -29,7 +31,7 @@ pub struct Args {
 #[group(required = true, multiple = false)]
 pub struct Source {
     /// The daemon's configuration: its store (`state_dir/store`, daemon stopped) and the audit key
-    /// it wrote (`state_dir/audit-key.pem`).
+    /// it wrote when it made the key (`state_dir/audit-key.pem`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A store directory (a stopped daemon's, a copy, a backup).
@@ -53,6 +55,12 @@ pub enum Action {
         /// appliance's `GET /v1/audit/key` (with --profile; pin it instead where you can).
         #[arg(long, value_name = "PEM")]
         audit_key: Option<PathBuf>,
+        /// Checkpoint heads published outside the store (the journal's `AUDIT_CHECKPOINT_HEAD`
+        /// lines, or a saved `GET /v1/audit/checkpoints` answer): one head, a JSON array, the
+        /// route's answer as is, or JSON lines. The log must reach the last of them and agree
+        /// with each; without it, a log cut back to just after any checkpoint still verifies.
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<PathBuf>,
     },
     /// Write revocation batches (EU gateway format, at most 1,000 entries, UCI and SIGNATURE
     /// hashes) for the certificates named by UVCI or by batch; from a running appliance
@@ -79,7 +87,9 @@ pub enum Action {
 /// Runs an audit operation.
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.action {
-        Action::Verify { source, audit_key } => verify(&source, audit_key.as_deref()),
+        Action::Verify { source, audit_key, anchor } => {
+            verify(&source, audit_key.as_deref(), anchor.as_deref())
+        }
         Action::Revocation { source, uvci_file, batch, country, out } => {
             revocation(&source, uvci_file.as_deref(), batch.as_deref(), &country, &out)
         }
@@ -89,7 +99,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// The log as read: entries in order, each or the reason it could not be read.
 type Entries = Vec<Result<(u64, Vec<u8>), BadEntry>>;
 
-fn verify(source: &Source, audit_key: Option<&Path>) -> Result<ExitCode> {
+fn verify(source: &Source, audit_key: Option<&Path>, anchor: Option<&Path>) -> Result<ExitCode> {
     let pinned = match audit_key {
         Some(p) => Some(std::fs::read_to_string(p).map_err(Error::file(p))?),
         None => None,
@@ -114,9 +124,33 @@ fn verify(source: &Source, audit_key: Option<&Path>) -> Result<ExitCode> {
         p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)
             .map_err(|e| Error::Config(format!("the audit key is not a P-256 public key PEM: {e}")))?
     };
-    match verify_chain(entries, &key) {
+    let anchors = match anchor {
+        None => Anchors::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(Error::file(path))?;
+            match parse_heads(&text).and_then(|heads| Anchors::new(heads, &key)) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = format!("{}: {e}", path.display());
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": false, "anchor": path.display().to_string(), "error": reason })
+                    );
+                    eprintln!("audit verify: FAILED: {reason}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    };
+    match verify_chain_anchored(entries, &key, &anchors) {
         Ok(summary) => {
             println!("{}", serde_json::json!({ "ok": true, "summary": summary }));
+            if anchor.is_none() {
+                eprintln!(
+                    "audit verify: without --anchor this shows the log is intact up to where it ends, not that \
+                     it ends where it should (a log cut back to just after a checkpoint verifies too)"
+                );
+            }
             if summary.unanchored > 0 {
                 eprintln!(
                     "audit verify: intact; the last {} entries follow the last checkpoint (the next one covers them)",

@@ -59,9 +59,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
     )
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
-    let audit = AuditSigner::ensure(&hsm, &config.audit.key_label)?;
-    let audit_pem = config.state_dir.join(AUDIT_KEY_FILE);
-    std::fs::write(&audit_pem, audit.public_pem()).map_err(Error::file(&audit_pem))?;
+    // Pinned: made (and its public half written) only at the first start, checked at every
+    // later one. An empty log means no start ever got past this point on this store.
+    let audit = AuditSigner::open_pinned(
+        &hsm,
+        &config.audit.key_label,
+        &config.state_dir.join(AUDIT_KEY_FILE),
+        store.audit_head().0 == 0,
+    )?;
     store
         .audit_append(vec![Event::Started {
             audit_key: audit.label().to_owned(),
@@ -259,7 +264,8 @@ async fn notify_systemd(state: Arc<AppState>, liveness: crate::pipeline::Livenes
     }
 }
 
-/// Where the daemon writes the audit key's public half, for `hcert-signer audit verify`.
+/// Where the daemon writes the audit key's public half once, when it makes the key, for
+/// `hcert-signer audit verify` (and checks it against the HSM at every start).
 pub const AUDIT_KEY_FILE: &str = "audit-key.pem";
 
 /// The key lifecycle over the store, with the configuration's DSCs bootstrapped (activated at

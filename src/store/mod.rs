@@ -14,6 +14,7 @@
 //! | `results`     | seq, first record index of a block    | the result lines of the block's       |
 //! |               |                                       | resolved records (binary, versioned)  |
 //! | `audit`       | entry seq (u64 BE)                    | chain hash, then the entry's JSON     |
+//! | `audit_checkpoints` | a checkpoint entry's seq (u64 BE) | empty (an index of `audit`)           |
 //! | `keys`        | key label (UTF-8)                     | the key's lifecycle record (JSON)     |
 //!
 //! Records are stored in blocks of [`layout::BLOCK`] consecutive records of a batch (record
@@ -152,6 +153,8 @@ struct Inner {
     pending: sled::Tree,
     results: sled::Tree,
     audit: sled::Tree,
+    /// The sequence numbers of the audit log's checkpoints, written with them.
+    audit_checkpoints: sled::Tree,
     keys: sled::Tree,
     /// The end of the audit chain; every appender holds it from transaction to flush.
     audit_head: Mutex<audit::AuditHead>,
@@ -214,8 +217,9 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
         let (batches, batch_ids, idempotency, pending, results) =
             (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
-        let (audit, keys) = (tree("audit")?, tree("keys")?);
+        let (audit, audit_checkpoints, keys) = (tree("audit")?, tree("audit_checkpoints")?, tree("keys")?);
         let audit_head = audit::AuditHead::load(&audit)?;
+        audit::index_checkpoints(&audit, &audit_checkpoints).map_err(|e| open_error(dir, e))?;
         // sled's log file, for the fsync sled's own flush leaves out (see `flush_db`).
         let db_file = File::open(dir.join(SLED_FILE))
             .map_err(|e| StoreError::open_io(dir, "cannot open the database file", &e))?;
@@ -250,6 +254,7 @@ impl Store {
                 pending,
                 results,
                 audit,
+                audit_checkpoints,
                 keys,
                 audit_head: Mutex::new(audit_head),
                 dir: dir.to_path_buf(),

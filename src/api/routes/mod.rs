@@ -1,6 +1,7 @@
 //! One file per route, and what they share: reading a bounded JSON body and the request-rate
 //! limiter.
 
+pub mod audit_checkpoints;
 pub mod audit_log;
 pub mod batch_delete;
 pub mod batch_results;
