@@ -164,6 +164,11 @@ pub struct SigningConfig {
     /// The key that signs gateway uploads (CMS), if this appliance prepares them.
     #[serde(default)]
     pub upload: Option<DscConfig>,
+    /// UVCI prefixes accepted beside `URN:UVCI:01:<country>:` (certificates migrated from an
+    /// earlier system), each a well-formed `URN:UVCI:01:<CC>:[<opaque start>]`. A supplied UVCI
+    /// that starts with none of them is rejected `uvci_country`.
+    #[serde(default)]
+    pub accepted_uvci_prefixes: Vec<String>,
 }
 
 /// What to do when a certificate would outlive its DSC.
@@ -227,6 +232,7 @@ impl Default for SigningConfig {
             exp_beyond_dsc: ExpBeyondDsc::Cap,
             dscs: Vec::new(),
             upload: None,
+            accepted_uvci_prefixes: Vec::new(),
         }
     }
 }
@@ -336,6 +342,9 @@ impl Config {
         }
         if self.listen == self.metrics_listen {
             return bad("listen and metrics_listen must differ".into());
+        }
+        for p in &self.signing.accepted_uvci_prefixes {
+            crate::hcert::uvci::check_prefix(p).map_err(|e| Error::Config(format!("signing.{e}")))?;
         }
         if self.limits.max_connections_per_client == 0 {
             return bad("limits.max_connections_per_client must be at least 1".into());
@@ -450,6 +459,11 @@ mod tests {
             let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {n}\n");
             assert!(load(&chunk).unwrap_err().to_string().contains("pipeline.chunk_size must be 1–1024"));
         }
+        let prefixes = |p: &str| format!("{MINIMAL}\n[signing]\naccepted_uvci_prefixes = [{p}]\n");
+        let e = load(&prefixes(r#""URN:UVCI:01:AT:OLD/", "01:AT:""#)).unwrap_err().to_string();
+        assert!(e.contains(r#"signing.accepted UVCI prefix "01:AT:": must start with URN:UVCI:01:"#), "{e}");
+        let ok = load(&prefixes(r#""URN:UVCI:01:AT:OLD/""#)).unwrap();
+        assert_eq!(ok.signing.accepted_uvci_prefixes, ["URN:UVCI:01:AT:OLD/"]);
         let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {MAX_CHUNK_SIZE}\n");
         assert_eq!(load(&chunk).unwrap().pipeline.chunk_size, Some(MAX_CHUNK_SIZE));
     }

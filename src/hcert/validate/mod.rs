@@ -21,8 +21,11 @@
 //! nor `sc` after its clock (plus a small skew); `fr ≤ df ≤ du`; a rapid antigen test
 //! (`tt` = `LP217198-3`) needs its device code `ma` (EU rule TR-EU-0002: without it no member
 //! state accepts the test); `dn`/`sd` must fit 32 bits; inactive value-set codes are refused
-//! only if the policy says so (code `valueset`); `ci` must be for the policy's country if one
-//! is set (code `uvci`).
+//! only if the policy says so (code `valueset`). A `ci` that is not a UVCI at all is code
+//! `uvci`; one with a wrong check character is `uvci_check`; under a policy with a country, one
+//! that starts neither with `URN:UVCI:01:<country>:` nor with an accepted prefix (migrated
+//! certificates) is `uvci_country`: a certificate of another country, or of none, is never
+//! signed under this country's `iss`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,19 +60,26 @@ pub enum ErrorCode {
     ValueSet,
     /// `ci` is not a valid UVCI.
     Uvci,
+    /// `ci` is a UVCI of another country than the signer's (or has no `URN:UVCI:01:` prefix)
+    /// and starts with none of the accepted prefixes.
+    UvciCountry,
+    /// `ci` carries a `#` check character that does not match it.
+    UvciCheck,
     /// A rule of the signer beyond the schema (see the module documentation).
     Policy,
 }
 
 impl ErrorCode {
     /// The stable string form used in API results: `json`, `schema`, `valueset`, `uvci`,
-    /// `policy`.
+    /// `uvci_country`, `uvci_check`, `policy`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Json => "json",
             ErrorCode::Schema => "schema",
             ErrorCode::ValueSet => "valueset",
             ErrorCode::Uvci => "uvci",
+            ErrorCode::UvciCountry => "uvci_country",
+            ErrorCode::UvciCheck => "uvci_check",
             ErrorCode::Policy => "policy",
         }
     }
@@ -97,7 +107,7 @@ impl PayloadError {
         PayloadError { code, path: path.into(), message: message.into() }
     }
 
-    /// The stable machine-readable code: `json`, `schema`, `valueset`, `uvci` or `policy`.
+    /// The stable machine-readable code (see [`ErrorCode::as_str`]).
     pub fn code(&self) -> &'static str {
         self.code.as_str()
     }
@@ -137,7 +147,8 @@ pub struct Policy {
     latest_date: Ymd,
     clock_skew_secs: i64,
     allow_inactive_codes: bool,
-    uvci_country: Option<String>,
+    /// `URN:UVCI:01:<country>:` followed by the accepted prefixes; empty: any UVCI.
+    uvci_prefixes: Vec<String>,
 }
 
 impl Policy {
@@ -155,7 +166,7 @@ impl Policy {
             latest_date: latest_date_at(now_unix),
             clock_skew_secs: Self::DEFAULT_CLOCK_SKEW.whole_seconds(),
             allow_inactive_codes: true,
-            uvci_country: None,
+            uvci_prefixes: Vec::new(),
         }
     }
 
@@ -179,12 +190,34 @@ impl Policy {
         self
     }
 
-    /// Requires every UVCI sent with a record to be for `country` (e.g. `"VN"`).
+    /// Requires every UVCI sent with a record to start with `URN:UVCI:01:<country>:` (e.g.
+    /// `"VN"`), or with one of the prefixes given to
+    /// [`with_accepted_uvci_prefixes`](Self::with_accepted_uvci_prefixes).
     pub fn with_uvci_country(mut self, country: &str) -> Result<Policy, UvciError> {
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(UvciError::Country);
         }
-        self.uvci_country = Some(country.to_owned());
+        let own = format!("{}{}:{country}:", crate::hcert::uvci::PREFIX, crate::hcert::uvci::VERSION);
+        match self.uvci_prefixes.first_mut() {
+            Some(first) => *first = own,
+            None => self.uvci_prefixes.push(own),
+        }
+        Ok(self)
+    }
+
+    /// Also accepts UVCIs that start with one of `prefixes` (certificates migrated from an
+    /// earlier system, e.g. `URN:UVCI:01:VN:LEGACY/`). Each must be a well-formed
+    /// `URN:UVCI:01:<country>:` prefix ([`uvci::check_prefix`](crate::hcert::uvci::check_prefix)).
+    /// Only meaningful with [`with_uvci_country`](Self::with_uvci_country), which must come first.
+    pub fn with_accepted_uvci_prefixes(mut self, prefixes: &[String]) -> Result<Policy, UvciError> {
+        if self.uvci_prefixes.is_empty() {
+            return Err(UvciError::Config("accepted UVCI prefixes need the issuing country first"));
+        }
+        for p in prefixes {
+            crate::hcert::uvci::check_prefix(p)?;
+        }
+        self.uvci_prefixes.truncate(1);
+        self.uvci_prefixes.extend(prefixes.iter().cloned());
         Ok(self)
     }
 

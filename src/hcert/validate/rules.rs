@@ -623,26 +623,43 @@ pub(super) fn check_field(
             if exceeds(s, uvci::MAX_LEN) {
                 rep.push(ErrorCode::Schema, path, format!("longer than {} characters", uvci::MAX_LEN))?;
             } else if let Some(policy) = ctx.policy {
-                match uvci::validate(s) {
-                    Err(e) => rep.push(ErrorCode::Uvci, path, format!("not a valid UVCI: {e}"))?,
-                    Ok(at) => {
-                        if let Some(want) = &policy.uvci_country {
-                            let found = s.get(at..at + 2).unwrap_or("");
-                            if found != want {
-                                let e = UvciError::WrongCountry {
-                                    expected: want.clone(),
-                                    found: found.to_owned(),
-                                };
-                                rep.push(ErrorCode::Uvci, path, format!("not a valid UVCI: {e}"))?;
-                            }
-                        }
-                    }
-                }
+                check_uvci(s, path, policy, rep)?;
             }
         }
         Rule::Dose => {}
     }
     ControlFlow::Continue(())
+}
+
+/// A supplied UVCI in signing mode: well-formed (`uvci`), of the policy's country or an accepted
+/// prefix (`uvci_country`), with a matching check character if it has one (`uvci_check`). The
+/// country comes before the check character: a foreign UVCI is refused as foreign whatever its
+/// check character.
+fn check_uvci(s: &str, path: &Path<'_>, policy: &Policy, rep: &mut Report) -> ControlFlow<()> {
+    let check = match uvci::validate(s) {
+        Ok(_) => None,
+        // The check character is validate's last step: everything else is well-formed.
+        Err(e @ UvciError::CheckCharacter { .. }) => Some(e),
+        Err(e) => return rep.push(ErrorCode::Uvci, path, format!("not a valid UVCI: {e}")),
+    };
+    if !policy.uvci_prefixes.is_empty() && !policy.uvci_prefixes.iter().any(|p| s.starts_with(p.as_str())) {
+        let own = &policy.uvci_prefixes[0];
+        let extra = if policy.uvci_prefixes.len() > 1 { " or an accepted prefix" } else { "" };
+        let found = match s.strip_prefix(uvci::PREFIX) {
+            // Well-formed: `01:` and two letters follow.
+            Some(rest) => format!("it is a UVCI of {}", rest.get(3..5).unwrap_or("?")),
+            None => format!("it has no {} prefix", uvci::PREFIX),
+        };
+        return rep.push(
+            ErrorCode::UvciCountry,
+            path,
+            format!("the UVCI must start with {own}{extra}: {found}"),
+        );
+    }
+    match check {
+        Some(e) => rep.push(ErrorCode::UvciCheck, path, format!("not a valid UVCI: {e}")),
+        None => ControlFlow::Continue(()),
+    }
 }
 
 /// Whether `s` has more than `max` characters (JSON Schema counts code points).

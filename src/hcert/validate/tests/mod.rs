@@ -418,24 +418,72 @@ fn uvci_rules() {
     assert_eq!(dcc.uvci(), None);
     let e = check_schema(&del(&v, "/v/0/ci"), None).expect_err("schema requires ci");
     assert_eq!(e.path(), "v[0].ci");
-    for bad in [
-        "URN:UVCI:01:NL:DADFCC47C7334E45A906DB12FD859FB7#2",
-        "urn:uvci:01:NL:ABC",
-        "URN:UVCI:02:NL:ABC",
-        "hello",
-        "",
-        "URN:UVCI:01:NL:AB CD",
-    ] {
+    let e = assert_strict_err(
+        &set(&v, "/v/0/ci", json!("URN:UVCI:01:NL:DADFCC47C7334E45A906DB12FD859FB7#2")),
+        ErrorCode::UvciCheck,
+        "v[0].ci",
+    );
+    assert!(e.message().contains("wrong check character '2'"), "{e}");
+    for bad in ["urn:uvci:01:NL:ABC", "URN:UVCI:02:NL:ABC", "hello", "", "URN:UVCI:01:NL:AB CD"] {
         let e = assert_strict_err(&set(&v, "/v/0/ci", json!(bad)), ErrorCode::Uvci, "v[0].ci");
         assert!(e.message().starts_with("not a valid UVCI"), "{e}");
     }
     let long = format!("URN:UVCI:01:NL:{}", "A".repeat(66));
     assert_strict_err(&set(&v, "/v/0/ci", json!(long)), ErrorCode::Schema, "v[0].ci");
     assert_strict_ok(&set(&v, "/v/0/ci", json!("01:NL:1312D00")));
-    let vn = policy().with_uvci_country("VN").expect("VN");
-    let e = Dcc::from_json_value(&v, &vn).expect_err("NL UVCI under a VN policy");
-    assert_eq!((e.code(), e.path()), ("uvci", "v[0].ci"));
     assert!(policy().with_uvci_country("vn").is_err());
+}
+
+#[test]
+fn uvci_country_and_accepted_prefixes() {
+    let v = vaccination();
+    let vn = policy().with_uvci_country("VN").expect("VN");
+    let ci = |s: &str| {
+        let body = s.to_owned();
+        let check = crate::hcert::uvci::check_character(&body).expect("alphabet");
+        set(&v, "/v/0/ci", json!(format!("{body}#{check}")))
+    };
+    let signed = |val: &Value, p: &Policy| Dcc::from_json_value(val, p);
+    // The example's NL UVCI, a correct AT one, and prefix-less VN ones: another country, or none.
+    for (val, found) in [
+        (v.clone(), "it is a UVCI of NL"),
+        (ci("URN:UVCI:01:AT:10807843F94AEE0EE5093FBC254BD813"), "it is a UVCI of AT"),
+        (set(&v, "/v/0/ci", json!("01:VN:ABC")), "it has no URN:UVCI: prefix"),
+        (ci("01:VN:ABC"), "it has no URN:UVCI: prefix"),
+    ] {
+        let e = signed(&val, &vn).expect_err(found);
+        assert_eq!((e.code(), e.path()), ("uvci_country", "v[0].ci"), "{e}");
+        assert!(e.message().contains(found) && e.message().contains("URN:UVCI:01:VN:"), "{e}");
+    }
+    // A foreign UVCI with a wrong check character is refused as foreign.
+    let e = signed(&set(&v, "/v/0/ci", json!("URN:UVCI:01:AT:ABC#B")), &vn).expect_err("AT");
+    assert_eq!(e.code(), "uvci_country");
+    // The country's own: with a right check character, without one; a wrong one is uvci_check.
+    signed(&ci("URN:UVCI:01:VN:ABC/123"), &vn).expect("own UVCI");
+    signed(&set(&v, "/v/0/ci", json!("URN:UVCI:01:VN:ABC")), &vn).expect("no check character");
+    let good = crate::hcert::uvci::check_character("URN:UVCI:01:VN:ABC").unwrap();
+    let wrong = if good == 'A' { 'B' } else { 'A' };
+    let e =
+        signed(&set(&v, "/v/0/ci", json!(format!("URN:UVCI:01:VN:ABC#{wrong}"))), &vn).expect_err("check");
+    assert_eq!(e.code(), "uvci_check");
+    // "URN:UVCI:01:VNX..." is no VN UVCI: the prefix ends with ':'.
+    assert_eq!(
+        signed(&set(&v, "/v/0/ci", json!("URN:UVCI:01:VA:B")), &vn).unwrap_err().code(),
+        "uvci_country"
+    );
+    // Accepted prefixes: exactly those starts, and the own country still.
+    let migrated = vn
+        .clone()
+        .with_accepted_uvci_prefixes(&["URN:UVCI:01:AT:LEGACY/".into()])
+        .expect("well-formed prefix");
+    signed(&ci("URN:UVCI:01:AT:LEGACY/ABC"), &migrated).expect("accepted prefix");
+    signed(&ci("URN:UVCI:01:VN:ABC"), &migrated).expect("own country");
+    let e = signed(&ci("URN:UVCI:01:AT:OTHER/ABC"), &migrated).expect_err("other AT");
+    assert!(e.code() == "uvci_country" && e.message().contains("or an accepted prefix"), "{e}");
+    assert!(vn.clone().with_accepted_uvci_prefixes(&["URN:UVCI:01:AT".into()]).is_err());
+    assert!(policy().with_accepted_uvci_prefixes(&["URN:UVCI:01:AT:".into()]).is_err(), "country first");
+    // Without a country, any well-formed UVCI (the verifier-side and test policies).
+    signed(&ci("URN:UVCI:01:AT:ABC"), &policy()).expect("no country policy");
 }
 
 // --- test ------------------------------------------------------------------------------------
