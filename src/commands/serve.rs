@@ -139,6 +139,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let api_task = tokio::spawn(crate::api::server::serve_api(
             api,
             tls_state.clone(),
+            crate::api::proxy::TrustedProxies::new(&config.api.proxy_protocol_from),
             state.clone(),
             stop_rx.clone(),
             GRACE,
