@@ -23,7 +23,6 @@ use std::sync::LazyLock;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use hcert_signer::api::routes::{MAX_REF_LEN, parse_batch};
-use hcert_signer::store::{MAX_DCC_BYTES, OVERSIZE_DCC};
 use hcert_signer::hcert::cose::KeyHeader;
 use hcert_signer::hcert::encoder::Encoder;
 use hcert_signer::hcert::uvci::Uvci;
@@ -32,6 +31,7 @@ use hcert_signer::hcert::valuesets::ValueSets;
 use hcert_signer::hcert::verify::Verifier;
 use hcert_signer::hcert::{Dcc, Error, Signer, TrustList};
 use hcert_signer::pki::Dsc;
+use hcert_signer::store::{MAX_DCC_BYTES, OVERSIZE_DCC};
 
 /// Small, so that the "too many records" answer is reachable.
 const MAX_RECORDS: usize = 8;
@@ -126,7 +126,11 @@ fn check_dcc(text: &str) {
     let mut dcc = match Dcc::from_json_str(text, &POLICY) {
         Ok(dcc) => dcc,
         Err(e) => {
-            assert!(matches!(e.code(), "json" | "schema" | "valueset" | "uvci" | "uvci_check" | "policy"), "{}", e.code());
+            assert!(
+                matches!(e.code(), "json" | "schema" | "valueset" | "uvci" | "uvci_check" | "policy"),
+                "{}",
+                e.code()
+            );
             return;
         }
     };

@@ -15,7 +15,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hcert_signer::api::proxy::{AddressRange, MAX_HEADER_LEN, SIGNATURE, announced_len, looks_like_header, parse};
+use hcert_signer::api::proxy::{
+    AddressRange, MAX_HEADER_LEN, SIGNATURE, announced_len, looks_like_header, parse,
+};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| check(data));
 
@@ -56,7 +58,10 @@ fn check_header(data: &[u8]) {
                 0x21 => {
                     let mut octets = [0u8; 16];
                     octets.copy_from_slice(&body[..16]);
-                    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), u16::from_be_bytes([body[32], body[33]]))
+                    SocketAddr::new(
+                        IpAddr::V6(Ipv6Addr::from(octets)),
+                        u16::from_be_bytes([body[32], body[33]]),
+                    )
                 }
                 other => panic!("a PROXY header of family {other:#x} accepted"),
             };
