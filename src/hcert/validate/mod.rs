@@ -42,7 +42,9 @@ mod rules;
 mod tests;
 
 pub use dates::FormatMode;
-pub(crate) use dates::{Ymd, civil_from_days, days_from_civil};
+#[cfg(any(test, feature = "test-support"))]
+pub(crate) use dates::days_from_civil;
+pub(crate) use dates::{Ymd, civil_from_days};
 pub(crate) use json::{Json, Num, normalize_nfc, parse_json};
 pub use rules::RAPID_ANTIGEN_TEST;
 pub use rules::{SchemaOptions, check_schema, check_schema_report};
