@@ -1,8 +1,8 @@
 //! Limits hold per client behind the balancer: through the shipped `scale-out/haproxy.cfg`
 //! (TCP mode, `send-proxy-v2`), one client's 400 stalled TLS handshakes do not lock another
 //! client of the same balancer out; and only the listed balancer may name a client in a PROXY
-//! protocol header: a header from anyone else, or a listed address without one, is closed
-//! before anything is served.
+//! protocol header: a header from anyone else, a listed address without one or with a
+//! malformed one, is closed before anything is served.
 //!
 //! The two clients are distinct hosts on distinct loopback addresses (127.0.0.2 stalls, 127.0.0.3
 //! works); HAProxy reaches the daemon from 127.0.0.1, the one address in `proxy_protocol_from`.
@@ -227,8 +227,19 @@ async fn only_the_listed_balancer_may_send_a_proxy_header() {
     };
     assert!(refused, "a listed address was served without a PROXY header");
 
+    // The listed address with a header that breaks the format (a UNIX socket's addresses).
+    let malformed = metric(&d, &reason("proxy_header_malformed"));
+    let mut s = connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST), d.listen).await.unwrap();
+    let mut bytes = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    bytes.extend([0x21, 0x31, 0, 216]);
+    bytes.extend([0u8; 216]);
+    bytes.extend(CLIENT_HELLO_START);
+    s.write_all(&bytes).unwrap();
+    assert!(drain(s).is_empty(), "the daemon answered after a malformed header");
+
     let start = Instant::now();
-    while metric(&d, &reason("proxy_header_unlisted")) < before.0 + 2.0
+    while metric(&d, &reason("proxy_header_malformed")) < malformed + 1.0
+        || metric(&d, &reason("proxy_header_unlisted")) < before.0 + 2.0
         || metric(&d, &reason("proxy_header_missing")) < before.1 + 1.0
     {
         assert!(start.elapsed() < Duration::from_secs(10), "refusals not counted");
