@@ -89,7 +89,7 @@ SCHEMA = "monitoring/dashboard.schema.json"
 COUNTERS = """hcert_signatures_total hcert_records_rejected_total hcert_batches_total
 hcert_key_rotations_total hcert_tls_handshake_failures_total hcert_hsm_faults_total
 hcert_hsm_reinits_total hcert_hsm_bad_signatures_total hcert_hsm_timeouts_total
-hcert_http_requests_total hcert_audit_entries_total""".split()
+hcert_http_requests_total hcert_audit_entries_total hcert_connections_refused_total""".split()
 GAUGES = """hcert_queue_records hcert_queue_oldest_age_seconds hcert_hsm_up hcert_hsm_sessions
 hcert_dsc_not_after_timestamp_seconds hcert_dsc_usage_end_timestamp_seconds hcert_dsc_active
 hcert_ready hcert_audit_last_checkpoint_timestamp_seconds hcert_store_corrupt_records""".split()

@@ -4,7 +4,7 @@
 # never written to). Exits non-zero if any target crashes, fails an assertion, times out on an
 # input or runs out of memory, printing the input's path and the command that reproduces it.
 #
-#   bash scripts/fuzz-ci.sh                          # CI budget: 6 targets × 20 s
+#   bash scripts/fuzz-ci.sh                          # CI budget: 7 targets × 20 s
 #   FUZZ_SECONDS=60 bash scripts/fuzz-ci.sh          # longer runs
 #   FUZZ_TARGETS="hc1_decode cms_verify" bash scripts/fuzz-ci.sh
 #   FUZZ_SANITIZER=address bash scripts/fuzz-ci.sh   # AddressSanitizer build (see fuzz/README.md)

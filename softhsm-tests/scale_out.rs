@@ -1,7 +1,8 @@
 //! Scale-out on an existing engine: two appliances, each with its own SoftHSM token and DSC,
 //! behind HAProxy in TCP mode with the shipped `scale-out/haproxy.cfg` (mutual TLS passes through
 //! untouched). Batches spread over both; each 202's `Location` names the accepting node, where
-//! every result is fetched; everything verifies against the two nodes' trust lists.
+//! every result is fetched; everything verifies against the two nodes' trust lists. HAProxy
+//! sends a PROXY protocol v2 header on each connection, which the nodes accept from it only.
 
 mod daemon;
 
@@ -14,6 +15,10 @@ use daemon::{Daemon, records, verify_all, wait_done};
 use hcert_signer::client::ApiClient;
 use hcert_signer::hcert::TrustList;
 use serde_json::{Value, json};
+
+/// Where the test's issuer fetches from the nodes directly (any loopback address but the
+/// balancer's).
+const ISSUER_HOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 4));
 
 struct Haproxy(Child);
 
@@ -38,6 +43,8 @@ async fn two_appliances_behind_haproxy_share_the_batches() {
     std::fs::write(&config2, text.replace(&tls2.display().to_string(), &tls1.display().to_string())).unwrap();
     for n in [&n1, &n2] {
         n.append_config(&format!("public_url = \"https://{}\"", n.listen));
+        // HAProxy reaches the nodes from 127.0.0.1 (the balancer's address in production).
+        n.append_config("\n[api]\nproxy_protocol_from = [\"127.0.0.1\"]\n");
     }
     n1.spawn();
     n2.spawn();
@@ -94,7 +101,8 @@ async fn two_appliances_behind_haproxy_share_the_batches() {
     let mut hc1s = Vec::new();
     let mut trust = TrustList::new();
     for node in [&n1, &n2] {
-        let mut direct = ApiClient::connect(node.listen, "localhost", &tls).await.unwrap();
+        // From another host than the balancer: 127.0.0.1 must send a PROXY header.
+        let mut direct = ApiClient::connect_from(ISSUER_HOST, node.listen, "localhost", &tls).await.unwrap();
         let list = direct.get("/v1/trust-list").await.unwrap();
         for dsc in TrustList::from_json(std::str::from_utf8(&list.body).unwrap()).unwrap().iter() {
             trust.insert(dsc.clone());

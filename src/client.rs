@@ -95,6 +95,33 @@ impl ApiClient {
     /// Connects to `addr`, checking the server's certificate for `server_name`.
     pub async fn connect(addr: SocketAddr, server_name: &str, tls: &ClientTls) -> Result<ApiClient> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
+        Self::over(tcp, addr, server_name, tls).await
+    }
+
+    /// Like [`connect`](Self::connect), from the local address `source` (a test's clients on
+    /// distinct loopback addresses, as distinct hosts behind one balancer).
+    pub async fn connect_from(
+        source: std::net::IpAddr,
+        addr: SocketAddr,
+        server_name: &str,
+        tls: &ClientTls,
+    ) -> Result<ApiClient> {
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket.connect(addr).await?;
+        Self::over(tcp, addr, server_name, tls).await
+    }
+
+    async fn over(
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+        server_name: &str,
+        tls: &ClientTls,
+    ) -> Result<ApiClient> {
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|e| Error::Config(format!("server name: {e}")))?;

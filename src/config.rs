@@ -61,6 +61,21 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The API listener.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The API listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The load balancers (addresses or CIDR ranges, e.g. `["127.0.0.1", "10.0.0.0/8"]`) whose
+    /// connections start with a PROXY protocol v2 header naming the real client: per-peer limits
+    /// and logs then use that client's address. A connection from a listed address without the
+    /// header, or with a header from any other address, is closed. Empty (default): no header
+    /// is accepted from anyone.
+    pub proxy_protocol_from: Vec<crate::api::proxy::AddressRange>,
 }
 
 /// Limits on what callers may send.
@@ -164,6 +179,11 @@ pub struct SigningConfig {
     /// The key that signs gateway uploads (CMS), if this appliance prepares them.
     #[serde(default)]
     pub upload: Option<DscConfig>,
+    /// UVCI prefixes accepted beside `URN:UVCI:01:<country>:` (certificates migrated from an
+    /// earlier system), each a well-formed `URN:UVCI:01:<CC>:[<opaque start>]`. A supplied UVCI
+    /// that starts with none of them is rejected `uvci_country`.
+    #[serde(default)]
+    pub accepted_uvci_prefixes: Vec<String>,
 }
 
 /// What to do when a certificate would outlive its DSC.
@@ -227,6 +247,7 @@ impl Default for SigningConfig {
             exp_beyond_dsc: ExpBeyondDsc::Cap,
             dscs: Vec::new(),
             upload: None,
+            accepted_uvci_prefixes: Vec::new(),
         }
     }
 }
@@ -275,6 +296,30 @@ pub struct ClientConfig {
     /// each other's batches.
     #[serde(default)]
     pub issuer_id: Option<String>,
+    /// Optional key pins: SHA-256 of the SubjectPublicKeyInfo (DER) of each certificate key this
+    /// client may use, 64 hex digits each (`openssl x509 -in c.pem -pubkey -noout | openssl pkey
+    /// -pubin -outform DER | sha256sum`). When set, another certificate with the same name from
+    /// the client CA is not this client (refused 403 `key_not_pinned`). Reloaded on SIGHUP.
+    #[serde(default)]
+    pub spki_sha256: Vec<String>,
+}
+
+impl ClientConfig {
+    /// The pins of [`spki_sha256`](Self::spki_sha256), decoded (checked at load).
+    pub fn pins(&self) -> Vec<[u8; 32]> {
+        self.spki_sha256.iter().filter_map(|h| parse_pin(h).ok()).collect()
+    }
+}
+
+/// One `spki_sha256` pin: 64 hex digits, either case.
+fn parse_pin(hex_text: &str) -> std::result::Result<[u8; 32], String> {
+    let mut pin = [0u8; 32];
+    match hex::decode_to_slice(hex_text, &mut pin) {
+        Ok(()) => Ok(pin),
+        Err(_) => {
+            Err(format!("{hex_text:?} is not a SHA-256 in hex (64 digits 0-9 a-f, as sha256sum prints it)"))
+        }
+    }
 }
 
 impl Config {
@@ -337,6 +382,9 @@ impl Config {
         if self.listen == self.metrics_listen {
             return bad("listen and metrics_listen must differ".into());
         }
+        for p in &self.signing.accepted_uvci_prefixes {
+            crate::hcert::uvci::check_prefix(p).map_err(|e| Error::Config(format!("signing.{e}")))?;
+        }
         if self.limits.max_connections_per_client == 0 {
             return bad("limits.max_connections_per_client must be at least 1".into());
         }
@@ -350,6 +398,11 @@ impl Config {
             }
             if c.roles.is_empty() {
                 return bad(format!("client {:?} has no roles", c.name));
+            }
+            for pin in &c.spki_sha256 {
+                if let Err(e) = parse_pin(pin) {
+                    return bad(format!("client {:?}: spki_sha256: {e}", c.name));
+                }
             }
         }
         if self.limits.max_batch_records == 0 || self.limits.max_sync_records == 0 {
@@ -450,6 +503,31 @@ mod tests {
             let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {n}\n");
             assert!(load(&chunk).unwrap_err().to_string().contains("pipeline.chunk_size must be 1–1024"));
         }
+        let prefixes = |p: &str| format!("{MINIMAL}\n[signing]\naccepted_uvci_prefixes = [{p}]\n");
+        let e = load(&prefixes(r#""URN:UVCI:01:AT:OLD/", "01:AT:""#)).unwrap_err().to_string();
+        assert!(e.contains(r#"signing.accepted UVCI prefix "01:AT:": must start with URN:UVCI:01:"#), "{e}");
+        let ok = load(&prefixes(r#""URN:UVCI:01:AT:OLD/""#)).unwrap();
+        assert_eq!(ok.signing.accepted_uvci_prefixes, ["URN:UVCI:01:AT:OLD/"]);
+        let pinned = |p: &str| {
+            MINIMAL.replace("roles = [\"issue\"]", &format!("roles = [\"issue\"]\nspki_sha256 = [{p}]"))
+        };
+        let pin = "AB".repeat(32);
+        assert_eq!(load(&pinned(&format!("{pin:?}"))).unwrap().clients[0].pins(), vec![[0xab; 32]]);
+        for bad in ["\"ab\"", &format!("\"{pin}  -\""), &format!("\"{}zz\"", "0".repeat(62))] {
+            let e = load(&pinned(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("client \"issuer\": spki_sha256:") && e.contains("is not a SHA-256 in hex"),
+                "{e}"
+            );
+        }
+        let proxies = |p: &str| format!("{MINIMAL}\n[api]\nproxy_protocol_from = [{p}]\n");
+        let c = load(&proxies(r#""127.0.0.1", "10.0.0.0/8", "fd00::/8""#)).unwrap();
+        assert_eq!(c.api.proxy_protocol_from.len(), 3);
+        let e = load(&proxies(r#""10.0.0.1/8""#)).unwrap_err().to_string();
+        assert!(e.contains("address bits are set past the /8 prefix"), "{e}");
+        let e = load(&proxies(r#""balancer.example""#)).unwrap_err().to_string();
+        assert!(e.contains("is not an IP address or a CIDR range"), "{e}");
+        assert!(load(MINIMAL).unwrap().api.proxy_protocol_from.is_empty());
         let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {MAX_CHUNK_SIZE}\n");
         assert_eq!(load(&chunk).unwrap().pipeline.chunk_size, Some(MAX_CHUNK_SIZE));
     }

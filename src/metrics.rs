@@ -24,6 +24,9 @@ pub struct Metrics {
     pub key_rotations: IntCounter,
     /// TLS handshakes refused, by reason.
     pub tls_handshake_failures: IntCounterVec,
+    /// Connections closed before any request for who they came from: a refused PROXY
+    /// protocol header, or a client certificate whose key is not pinned for its client.
+    pub connections_refused: IntCounterVec,
     /// API requests by route template and status.
     pub http_requests: IntCounterVec,
     /// Audit entries appended.
@@ -125,6 +128,12 @@ impl Metrics {
                 &r,
                 "hcert_tls_handshake_failures_total",
                 "TLS handshakes refused on the API listener, by reason.",
+                &["reason"],
+            ),
+            connections_refused: counter_vec(
+                &r,
+                "hcert_connections_refused_total",
+                "API connections refused for who they came from (PROXY protocol header, key pinning), by reason.",
                 &["reason"],
             ),
             http_requests: counter_vec(
@@ -229,6 +238,16 @@ impl Metrics {
         ] {
             self.tls_handshake_failures.with_label_values(&[reason]);
         }
+        for reason in [
+            "proxy_header_missing",
+            "proxy_header_unlisted",
+            "proxy_header_malformed",
+            "proxy_header_timeout",
+            "proxy_header_closed",
+            "key_not_pinned",
+        ] {
+            self.connections_refused.with_label_values(&[reason]);
+        }
         for state in ["open", "in_use"] {
             self.hsm_sessions.with_label_values(&[state]);
         }
@@ -241,12 +260,13 @@ impl Metrics {
     /// The name of every `hcert_*` family, observed or not yet (histograms by their base name).
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 23] = [
+        let collectors: [&dyn Collector; 24] = [
             &self.signatures,
             &self.rejected,
             &self.batches,
             &self.key_rotations,
             &self.tls_handshake_failures,
+            &self.connections_refused,
             &self.http_requests,
             &self.audit_entries,
             &self.hsm_sign_duration,

@@ -2,6 +2,8 @@
 //! parser, then each record's DCC through the signing-mode validation, as the pipeline runs them.
 //!
 //! Invariants, beyond "never panics":
+//! * a record whose DCC is over the size limit is stored as the `OVERSIZE_DCC` marker (and
+//!   rejected alone), never as sent;
 //! * an accepted request has 1..=max records with unique refs of 1–128 characters without
 //!   control characters, and an idempotency key of 1–200 bytes if any; a refused one is a 400 or
 //!   a 413;
@@ -29,6 +31,7 @@ use hcert_signer::hcert::valuesets::ValueSets;
 use hcert_signer::hcert::verify::Verifier;
 use hcert_signer::hcert::{Dcc, Error, Signer, TrustList};
 use hcert_signer::pki::Dsc;
+use hcert_signer::store::{MAX_DCC_BYTES, OVERSIZE_DCC};
 
 /// Small, so that the "too many records" answer is reachable.
 const MAX_RECORDS: usize = 8;
@@ -93,7 +96,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let records = req.new_records();
     assert_eq!(records.len(), req.records.len());
-    for record in records {
+    for (record, sent) in records.iter().zip(&req.records) {
+        // A DCC over the limit is stored as a marker and rejected alone (dcc_too_large).
+        if sent.dcc.get().len() > MAX_DCC_BYTES {
+            assert_eq!(record.dcc_json, OVERSIZE_DCC);
+            continue;
+        }
         // The pipeline's first step (src/pipeline/sign.rs): the stored bytes as UTF-8 text.
         let text = std::str::from_utf8(record.dcc_json).expect("a RawValue is UTF-8");
         check_dcc(text);
@@ -118,7 +126,11 @@ fn check_dcc(text: &str) {
     let mut dcc = match Dcc::from_json_str(text, &POLICY) {
         Ok(dcc) => dcc,
         Err(e) => {
-            assert!(matches!(e.code(), "json" | "schema" | "valueset" | "uvci" | "policy"), "{}", e.code());
+            assert!(
+                matches!(e.code(), "json" | "schema" | "valueset" | "uvci" | "uvci_check" | "policy"),
+                "{}",
+                e.code()
+            );
             return;
         }
     };

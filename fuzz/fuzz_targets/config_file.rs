@@ -7,7 +7,8 @@
 //!   directory, TLS files, DSC and upload certificates, value-set folder) joined to the base
 //!   folder and the absolute ones unchanged;
 //! * an accepted configuration satisfies every rule of the checks: ISO country, validity days,
-//!   distinct listeners, a client CA, unique clients with roles, non-zero limits, key and audit
+//!   distinct listeners, a client CA, unique clients with roles (and well-formed key pins),
+//!   well-formed accepted UVCI prefixes, non-zero limits, key and audit
 //!   periods, retention, and a known log level.
 #![no_main]
 
@@ -63,6 +64,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for client in &c.clients {
         assert!(names.insert(&client.name), "client {:?} twice", client.name);
         assert!(!client.roles.is_empty(), "client {:?} without roles", client.name);
+        assert_eq!(client.pins().len(), client.spki_sha256.len(), "a pin that is not 64 hex digits");
+    }
+    for p in &c.signing.accepted_uvci_prefixes {
+        assert!(hcert_signer::hcert::uvci::check_prefix(p).is_ok(), "accepted UVCI prefix {p:?}");
+        assert!(p.starts_with("URN:UVCI:01:"), "{p:?}");
     }
     assert!(c.limits.max_batch_records >= 1 && c.limits.max_sync_records >= 1);
     assert!(c.keys.approval_hours >= 1 && (1..=730).contains(&c.keys.usage_days));

@@ -2,6 +2,7 @@
 //! do, and which route handles the request. One file per route lives in [`routes`].
 
 pub mod ndjson;
+pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -44,6 +45,9 @@ pub struct Client {
     pub roles: Vec<Role>,
     /// The issuer account its batches belong to.
     pub issuer_id: String,
+    /// The keys it may present (SHA-256 of the SubjectPublicKeyInfo); empty: any key the client
+    /// CA certified under its name.
+    pub pins: Vec<[u8; 32]>,
 }
 
 impl Client {
@@ -52,8 +56,21 @@ impl Client {
             name: c.name.clone(),
             roles: c.roles.clone(),
             issuer_id: c.issuer_id.clone().unwrap_or_else(|| c.name.clone()),
+            pins: c.pins(),
         }
     }
+}
+
+/// Who a client certificate (already verified against the client CAs) is.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// A configured client; its key is pinned, if the client has pins.
+    Client(Arc<Client>),
+    /// The certificate names no configured client (the names it carries, for the log).
+    Unknown(Vec<String>),
+    /// It names the configured client `name`, whose pins do not include the certificate's key:
+    /// another certificate for the same name, so not that client.
+    NotPinned(String),
 }
 
 /// Clients by the identity in their certificate.
@@ -77,10 +94,19 @@ impl Clients {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
     }
 
-    /// The first configured client among the certificate's `names`.
-    pub fn find(&self, names: &[String]) -> Option<Arc<Client>> {
+    /// The client a certificate (DER) is: the first configured client among its names (subject
+    /// CN, then DNS subjectAltNames), if its key is one that client pinned (or it pinned none).
+    pub fn identify(&self, der: &[u8]) -> Identity {
+        let names = tls::certificate_names(der);
         let map = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
-        names.iter().find_map(|n| map.get(n).cloned())
+        let Some(client) = names.iter().find_map(|n| map.get(n).cloned()) else {
+            return Identity::Unknown(names);
+        };
+        if client.pins.is_empty() || tls::spki_sha256(der).is_some_and(|h| client.pins.contains(&h)) {
+            Identity::Client(client)
+        } else {
+            Identity::NotPinned(client.name.clone())
+        }
     }
 }
 
@@ -337,6 +363,50 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_clients_are_only_their_keys() {
+        use rustls_pki_types::pem::PemObject as _;
+        let ca = crate::pki::dev::DevCa::new("VN", "Test", "Test client CA", 1).unwrap();
+        let (first, second) =
+            (ca.issue_client("issuer", 30).unwrap(), ca.issue_client("issuer", 30).unwrap());
+        let der =
+            |pem: &str| rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec();
+        let (first, second) = (der(&first.cert_pem), der(&second.cert_pem));
+        let pin = hex::encode(tls::spki_sha256(&first).unwrap());
+        let config = |pins: &str| {
+            let text = format!(
+                r#"
+                listen = "127.0.0.1:8443"
+                metrics_listen = "127.0.0.1:9898"
+                state_dir = "state"
+                country = "VN"
+                [hsm]
+                backend = "pkcs11"
+                module = "m.so"
+                token_label = "hcert"
+                pin = {{ file = "hsm-pin" }}
+                [tls]
+                cert = "s.pem"
+                key = "s.key"
+                client_ca = ["ca.pem"]
+                [[client]]
+                name = "issuer"
+                roles = ["issue"]
+                spki_sha256 = [{pins}]
+                "#
+            );
+            Config::from_toml_str(&text, std::path::Path::new("/")).unwrap()
+        };
+        let clients = Clients::from_config(&config(&format!("{pin:?}")));
+        assert!(matches!(clients.identify(&first), Identity::Client(c) if c.name == "issuer"));
+        assert!(matches!(clients.identify(&second), Identity::NotPinned(n) if n == "issuer"));
+        // Without pins, any certificate of the CA under the name; a reload changes the pins.
+        clients.replace(&config(""));
+        assert!(matches!(clients.identify(&second), Identity::Client(_)));
+        let other = ca.issue_client("nobody", 30).unwrap();
+        assert!(matches!(clients.identify(&der(&other.cert_pem)), Identity::Unknown(n) if n == ["nobody"]));
+    }
 
     #[test]
     fn openapi_documents_exactly_the_routes() {

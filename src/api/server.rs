@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,11 +13,12 @@ use hyper::service::service_fn;
 use hyper::{Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::tls::{TlsState, certificate_names};
-use super::{ApiError, AppState, Body, route};
+use super::proxy::{self, ProxyError, TrustedProxies};
+use super::tls::TlsState;
+use super::{ApiError, AppState, Body, Identity, route};
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,9 +86,11 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
 }
 
 /// Serves the API until `stop` turns true, then lets open requests finish (up to `grace`).
+/// Connections from `proxies` start with a PROXY protocol v2 header naming the real client.
 pub async fn serve_api(
     listener: TcpListener,
     tls: TlsState,
+    proxies: TrustedProxies,
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
@@ -101,7 +104,7 @@ pub async fn serve_api(
             _ = stop.changed() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, peer) = tokio::select! {
+        let (mut tcp, via) = tokio::select! {
             _ = stop.changed() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -113,22 +116,48 @@ pub async fn serve_api(
                 }
             },
         };
-        let Some(handshake) = handshaking.enter(peer.ip().to_canonical()) else {
-            // Closed at once (with its slot): per connection, so a debug line and a metric only.
-            crate::metrics::get().tls_handshake_failures.with_label_values(&["peer_limit"]).inc();
-            log::debug!(
-                "api: {peer} has {MAX_HANDSHAKES_PER_PEER} TLS handshakes under way; connection closed"
-            );
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         let state = state.clone();
         let watcher = graceful.watcher();
         let per_client = per_client.clone();
+        let handshaking = handshaking.clone();
+        let listed = proxies.listed(via.ip());
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // From a listed balancer, the real client is in the header; from anyone else, the
+            // peer is the client, and a header is refused (it would name someone else).
+            let peer = if listed {
+                match proxy::read_header(&mut tcp).await {
+                    Ok(h) => h.source.unwrap_or(via),
+                    Err(e) => return refuse_proxy(via, &e),
+                }
+            } else {
+                via
+            };
+            // Counted by the real client, so one client's stalled handshakes behind a balancer
+            // do not lock every other client of that balancer out.
+            let Some(handshake) = handshaking.enter(peer.ip().to_canonical()) else {
+                // Closed at once: per connection, so a debug line and a metric only.
+                crate::metrics::get().tls_handshake_failures.with_label_values(&["peer_limit"]).inc();
+                log::debug!(
+                    "api: {peer} has {MAX_HANDSHAKES_PER_PEER} TLS handshakes under way; connection closed"
+                );
+                return;
+            };
+            let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+            if !listed {
+                match tokio::time::timeout_at(deadline, sniff_header(&tcp)).await {
+                    Ok(true) => return refuse_proxy(via, &ProxyError::Unlisted),
+                    Ok(false) => {}
+                    Err(_) => {
+                        crate::metrics::get().tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                        log::info!(peer:display = peer, reason = "timeout"; "api: TLS handshake with {peer} timed out");
+                        return;
+                    }
+                }
+            }
+            let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => {
                     drop(handshake);
                     s
@@ -145,19 +174,27 @@ pub async fn serve_api(
                     return;
                 }
             };
-            let names = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| certificate_names(c))
-                .unwrap_or_default();
-            let client = state.clients.find(&names);
-            if client.is_none() {
-                log::warn!(
-                    "api: {peer} presented a trusted certificate for {names:?}, which is no configured client"
-                );
-            }
+            let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => state.clients.identify(cert),
+                None => Identity::Unknown(Vec::new()),
+            };
+            let (client, not_pinned) = match identity {
+                Identity::Client(c) => (Some(c), None),
+                Identity::Unknown(names) => {
+                    log::warn!(
+                        "api: {peer} presented a trusted certificate for {names:?}, which is no configured client"
+                    );
+                    (None, None)
+                }
+                Identity::NotPinned(name) => {
+                    crate::metrics::get().connections_refused.with_label_values(&["key_not_pinned"]).inc();
+                    log::warn!(
+                        peer:display = peer, client = name.as_str(), reason = "key_not_pinned";
+                        "api: {peer} presented a certificate for client {name:?} with a key that is not pinned for it (spki_sha256); refused with 403"
+                    );
+                    (None, Some(name))
+                }
+            };
             // Held for the connection's life. Over the cap, the connection is still served, but
             // only to tell the client why in its own protocol (429, then closed).
             let (slot, over) = match &client {
@@ -176,11 +213,13 @@ pub async fn serve_api(
             }
             let cap = per_client.cap;
             let svc = service_fn(move |req| {
-                let (state, client, over) = (state.clone(), client.clone(), over.clone());
+                let (state, client) = (state.clone(), client.clone());
+                let (over, not_pinned) = (over.clone(), not_pinned.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(match over {
-                        Some(name) => too_many_connections(&name, cap),
-                        None => route(state, client, req).await,
+                    Ok::<_, std::convert::Infallible>(match (over, not_pinned) {
+                        (Some(name), _) => too_many_connections(&name, cap),
+                        (None, Some(name)) => key_not_pinned(&name),
+                        (None, None) => route(state, client, req).await,
                     })
                 }
             });
@@ -198,6 +237,24 @@ pub async fn serve_api(
     }
 }
 
+/// Whether an unlisted peer's first bytes are a PROXY protocol header rather than TLS. Waits
+/// for the first byte (the caller bounds the wait); reads nothing.
+async fn sniff_header(tcp: &TcpStream) -> bool {
+    let mut first = [0u8; 6];
+    match tcp.peek(&mut first).await {
+        Ok(n) => proxy::looks_like_header(&first[..n]),
+        // The handshake that follows meets the same error and reports it.
+        Err(_) => false,
+    }
+}
+
+/// Closes a connection whose PROXY protocol header was refused: a metric and a log line naming
+/// the connecting address and the reason (addresses only, nothing of any request).
+fn refuse_proxy(via: SocketAddr, e: &ProxyError) {
+    crate::metrics::get().connections_refused.with_label_values(&[e.reason()]).inc();
+    log::warn!(peer:display = via, reason = e.reason(); "api: connection from {via} closed: {e}");
+}
+
 /// The answer on a connection past the client's cap: 429 with `Retry-After`, and the
 /// connection closed after it.
 fn too_many_connections(name: &str, cap: usize) -> Response<Body> {
@@ -207,6 +264,21 @@ fn too_many_connections(name: &str, cap: usize) -> Response<Body> {
         format!("client {name:?} already has {cap} connections open; reuse them or close some"),
     )
     .retry_after(1)
+    .into_response();
+    r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    r
+}
+
+/// The answer on a connection whose certificate names a client that pinned other keys: 403, and
+/// the connection closed after it. Nothing is routed, so nothing is read, signed or stored.
+fn key_not_pinned(name: &str) -> Response<Body> {
+    let mut r = ApiError::new(
+        StatusCode::FORBIDDEN,
+        "key_not_pinned",
+        format!(
+            "the certificate names client {name:?}, but its key is not one pinned for that client (spki_sha256)"
+        ),
+    )
     .into_response();
     r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     r

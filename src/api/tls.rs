@@ -75,6 +75,15 @@ impl TlsState {
     }
 }
 
+/// SHA-256 of a certificate's SubjectPublicKeyInfo (DER), what `[[client]] spki_sha256` pins:
+/// the same as `openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum`.
+pub fn spki_sha256(der: &[u8]) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(sha2::Sha256::digest(cert.public_key().raw).into())
+}
+
 /// The identities a client certificate carries: its subject CNs and DNS subjectAltNames.
 pub fn certificate_names(der: &[u8]) -> Vec<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};

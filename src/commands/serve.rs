@@ -99,7 +99,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         validity_secs: i64::from(config.signing.validity_days) * 86_400,
         exp_beyond_dsc: config.signing.exp_beyond_dsc,
         uvci,
-        policy: Policy::new(value_sets, time::OffsetDateTime::now_utc()),
+        policy: signing_policy(&config, value_sets)?,
     };
     let service = SigningService { hsm, keyring, settings: Arc::new(settings) };
     let defaults = PipelineConfig::default();
@@ -144,6 +144,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let api_task = tokio::spawn(crate::api::server::serve_api(
             api,
             tls_state.clone(),
+            crate::api::proxy::TrustedProxies::new(&config.api.proxy_protocol_from),
             state.clone(),
             stop_rx.clone(),
             GRACE,
@@ -351,4 +352,13 @@ fn reload(config_path: &std::path::Path, tls_state: &TlsState, state: &Arc<AppSt
         }
         Err(e) => log::error!("reload refused, keeping the running configuration: {e}"),
     }
+}
+
+/// The payload policy of this appliance: supplied UVCIs must be the issuing country's (or start
+/// with an accepted prefix), so no other country's certificate is signed under its `iss`.
+fn signing_policy(config: &Config, value_sets: Arc<ValueSets>) -> Result<Policy> {
+    Policy::new(value_sets, time::OffsetDateTime::now_utc())
+        .with_uvci_country(&config.country)
+        .and_then(|p| p.with_accepted_uvci_prefixes(&config.signing.accepted_uvci_prefixes))
+        .map_err(|e| Error::Config(format!("signing.accepted_uvci_prefixes: {e}")))
 }

@@ -5,6 +5,7 @@
 //! be signed and their SHA-256 digest, a [`Signer`] turns the digest into a raw `r‖s`
 //! signature, and [`cose::assemble`] + [`transport`] turn that into the `HC1:` string.
 
+pub mod certificate_type;
 pub mod cose;
 pub mod cwt;
 pub mod dcc;

@@ -59,13 +59,14 @@ pub enum UvciError {
     /// The country block is not two letters.
     #[error("country must be two letters A-Z")]
     Country,
-    /// The identifier is for another country than the policy requires.
-    #[error("country {found} does not match the issuing country {expected}")]
-    WrongCountry {
-        /// The country the policy requires.
-        expected: String,
-        /// The country in the identifier.
-        found: String,
+    /// An accepted prefix (`[signing] accepted_uvci_prefixes`) is not the start of a UVCI
+    /// `URN:UVCI:01:<country>:[<opaque>]`.
+    #[error("accepted UVCI prefix {prefix:?}: {reason}")]
+    Prefix {
+        /// The prefix as configured (configuration text, not personal data).
+        prefix: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// The blocks are not `01:<country>:<opaque>`.
     #[error("malformed: {0}")]
@@ -238,6 +239,31 @@ pub fn validate(s: &str) -> Result<usize, UvciError> {
         }
     }
     Ok(country_at)
+}
+
+/// Checks a prefix of UVCIs accepted beside the issuing country's own (certificates migrated
+/// from an earlier system): `URN:UVCI:01:` + a two-letter country + `:`, then optionally the
+/// start of the opaque part (`A–Z 0–9 /`), shorter than [`MAX_LEN`].
+pub fn check_prefix(p: &str) -> Result<(), UvciError> {
+    let bad = |reason| Err(UvciError::Prefix { prefix: p.to_owned(), reason });
+    let head = format!("{PREFIX}{VERSION}:");
+    let Some(rest) = p.strip_prefix(head.as_str()) else {
+        return bad("must start with URN:UVCI:01:");
+    };
+    match rest.as_bytes() {
+        [a, b, b':', ..] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => {}
+        _ => return bad("a two-letter country A-Z and ':' must follow URN:UVCI:01:"),
+    }
+    if !rest[3..].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'/') {
+        return bad("only A-Z 0-9 / may follow the country");
+    }
+    if rest[3..].starts_with('/') || rest[3..].contains("//") {
+        return bad("empty block between '/' separators");
+    }
+    if p.len() >= MAX_LEN {
+        return bad("too long to leave room for an identifier");
+    }
+    Ok(())
 }
 
 /// Makes new UVCIs `URN:UVCI:01:<country>:[<issuer>/]<opaque>#<check>`, the opaque part drawn
@@ -583,5 +609,28 @@ mod tests {
         }
         // One in 38 matches by chance under some reading; nearly all must mismatch under both.
         assert!(mismatches >= 8, "{mismatches}");
+    }
+
+    #[test]
+    fn accepted_prefixes_are_well_formed_uvci_starts() {
+        for ok in ["URN:UVCI:01:VN:", "URN:UVCI:01:VN:LEGACY/", "URN:UVCI:01:XK:A1/B2"] {
+            assert_eq!(check_prefix(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("01:VN:", "must start with URN:UVCI:01:"),
+            ("URN:UVCI:02:VN:", "must start with URN:UVCI:01:"),
+            ("urn:uvci:01:VN:", "must start with URN:UVCI:01:"),
+            ("URN:UVCI:01:VN", "two-letter country"),
+            ("URN:UVCI:01:vn:", "two-letter country"),
+            ("URN:UVCI:01:VNM:", "two-letter country"),
+            ("URN:UVCI:01:VN:AB#", "only A-Z 0-9 /"),
+            ("URN:UVCI:01:VN:AB:", "only A-Z 0-9 /"),
+            ("URN:UVCI:01:VN:/AB", "empty block"),
+            ("", "must start with URN:UVCI:01:"),
+        ] {
+            let e = check_prefix(bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert!(check_prefix(&format!("URN:UVCI:01:VN:{}", "A".repeat(70))).is_err());
     }
 }

@@ -14,7 +14,7 @@ use crate::hcert::uvci::UvciGenerator;
 use crate::hcert::validate::Policy;
 use crate::hsm::{self, Hsm};
 use crate::keys::{self, ActiveKey, Keyring};
-use crate::store::{NewRecord, RecordError, RecordResult};
+use crate::store::{MAX_DCC_BYTES, NewRecord, OVERSIZE_DCC, RecordError, RecordResult};
 
 /// The fixed settings of signing.
 #[derive(Debug, Clone)]
@@ -158,6 +158,15 @@ impl ChunkSigner {
         keys: &[ActiveKey],
         now: i64,
     ) -> Result<Pending, RecordResult> {
+        if input.dcc_json == OVERSIZE_DCC {
+            return Err(rejected(
+                input.r#ref,
+                "dcc_too_large",
+                format!(
+                    "the dcc is over {MAX_DCC_BYTES} bytes of JSON (a certificate that large cannot fit a QR code)"
+                ),
+            ));
+        }
         let text = std::str::from_utf8(input.dcc_json)
             .map_err(|_| rejected(input.r#ref, "json", "the DCC is not UTF-8 text".into()))?;
         let mut dcc =

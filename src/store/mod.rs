@@ -84,7 +84,7 @@ pub use batches::{BatchState, BatchStatus, Submitted};
 pub use error::StoreError;
 pub use layout::RecordKey;
 pub use queue::{CommitStats, Outcome};
-pub use record::{NewRecord, RecordError, RecordResult, WorkItem};
+pub use record::{MAX_DCC_BYTES, NewRecord, OVERSIZE_DCC, RecordError, RecordResult, WorkItem};
 pub use results::ResultIter;
 
 use error::{io_text, is_enospc, one_line};

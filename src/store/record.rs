@@ -6,6 +6,17 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::layout::RecordKey;
 
+/// Largest `dcc` signed, in bytes of JSON text. A real DCC is well under 2 KiB, and one of this
+/// size no longer fits a QR code once signed; the bound also keeps the store's values small
+/// (see `store::SEGMENT_SIZE`).
+pub const MAX_DCC_BYTES: usize = 8 << 10;
+
+/// What is stored in place of a `dcc` over [`MAX_DCC_BYTES`]: the record keeps its place in its
+/// batch and is rejected `dcc_too_large` in the results, while the payload itself is never kept.
+/// Not JSON (it starts with NUL, which JSON text never does), so no issuer's DCC is mistaken
+/// for it.
+pub const OVERSIZE_DCC: &[u8] = b"\0dcc_too_large";
+
 /// One record as submitted: the issuer's reference and the DCC JSON text, stored as given.
 #[derive(Debug, Clone, Copy)]
 pub struct NewRecord<'a> {

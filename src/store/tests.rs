@@ -863,13 +863,13 @@ fn no_stored_value_reaches_sleds_blob_files() {
     let store = open(dir.path());
     // The largest records the API accepts (a 128-character ref, 8 KiB of DCC JSON), with
     // results larger still (an HC1 half as long again as the DCC), enough to fill nodes.
-    let big_dcc = vec![b'x'; crate::api::routes::MAX_DCC_BYTES];
+    let big_dcc = vec![b'x'; crate::store::MAX_DCC_BYTES];
     let long_refs: Vec<String> = (0..600).map(|i| format!("{i:0>128}")).collect();
     let recs: Vec<NewRecord<'_>> =
         long_refs.iter().map(|r| NewRecord { r#ref: r, dcc_json: &big_dcc }).collect();
     submit_records(&store, &recs);
     submit_records(&store, &recs);
-    let hc1 = format!("HC1:{}", "A".repeat(crate::api::routes::MAX_DCC_BYTES * 3 / 2));
+    let hc1 = format!("HC1:{}", "A".repeat(crate::store::MAX_DCC_BYTES * 3 / 2));
     let big_result = |i: &WorkItem| RecordResult::Signed {
         r#ref: i.r#ref.clone(),
         hc1: hc1.clone(),
