@@ -62,6 +62,7 @@ impl Error {
                         H::ModuleNotFound { .. }
                             | H::TokenNotFound { .. }
                             | H::KeyNotFound { .. }
+                            | H::KeyRefused { .. }
                             | H::PinSource { .. }
                             | H::Config(_)
                     ) =>
