@@ -671,9 +671,24 @@ impl Lifecycle {
     }
 }
 
-/// End of the private-key usage period: `usage_secs` after notBefore, never past notAfter.
+/// End of the private-key usage period: `usage_secs` after notBefore, never past notAfter, nor
+/// past the notAfter of the DSC's PrivateKeyUsagePeriod extension when it has one (the tighter
+/// bound wins).
 pub fn usage_end(dsc: &Dsc, usage_secs: i64) -> i64 {
-    dsc.not_before.saturating_add(usage_secs).min(dsc.not_after)
+    let end = dsc.not_before.saturating_add(usage_secs).min(dsc.not_after);
+    match dsc.key_usage_period {
+        Some((_, Some(pkup_end))) => end.min(pkup_end),
+        _ => end,
+    }
+}
+
+/// Start of the private-key usage period: notBefore, or the PrivateKeyUsagePeriod's notBefore
+/// when later.
+pub fn usage_start(dsc: &Dsc) -> i64 {
+    match dsc.key_usage_period {
+        Some((Some(pkup_start), _)) => dsc.not_before.max(pkup_start),
+        _ => dsc.not_before,
+    }
 }
 
 /// The import checks that do not need the HSM: country and key type.
@@ -746,6 +761,7 @@ mod tests {
             subject: "CN=x".into(),
             key,
             allowed: None,
+            key_usage_period: None,
         };
         let p256 = pki::dsc::DscKey::P256(vec![4; 65]);
         assert!(check_dsc(&dsc(Some("VN"), p256.clone()), "VN").is_ok());
