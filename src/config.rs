@@ -164,6 +164,19 @@ pub struct SigningConfig {
     /// The key that signs gateway uploads (CMS), if this appliance prepares them.
     #[serde(default)]
     pub upload: Option<DscConfig>,
+    /// The country's CSCA certificates: a DSC is imported or bootstrapped only if one of them
+    /// issued it. Recorded in the store at first start; a CSCA the store does not know stops
+    /// the start.
+    #[serde(default)]
+    pub csca: Vec<CscaConfig>,
+}
+
+/// One Country Signing CA certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CscaConfig {
+    /// The CSCA certificate, PEM (relative to the configuration file).
+    pub certificate: PathBuf,
 }
 
 /// What to do when a certificate would outlive its DSC.
@@ -227,6 +240,7 @@ impl Default for SigningConfig {
             exp_beyond_dsc: ExpBeyondDsc::Cap,
             dscs: Vec::new(),
             upload: None,
+            csca: Vec::new(),
         }
     }
 }
@@ -311,6 +325,7 @@ impl Config {
         if let Some(u) = self.signing.upload.as_mut() {
             fix(&mut u.certificate);
         }
+        self.signing.csca.iter_mut().for_each(|c| fix(&mut c.certificate));
         if let Some(p) = self.signing.value_sets_dir.as_mut() {
             fix(p);
         }

@@ -105,6 +105,11 @@ pub enum KeyAction {
     Activated,
     /// The key was retired.
     Retired,
+    /// An officer asked to retire the last key covering a certificate type; a second officer's
+    /// request completes the retirement.
+    RetirementApproved,
+    /// A CSCA was recorded as the country's (at the store's first start).
+    CscaRecorded,
     /// An upload message (CMS) for the EU gateway was signed.
     UploadSigned,
     /// Revocation entries were exported (no key is concerned).

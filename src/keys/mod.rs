@@ -6,7 +6,9 @@
 //! the next record without a restart and without touching records in flight.
 
 pub mod audit_key;
+pub mod bootstrap;
 pub mod lifecycle;
+pub mod retirement;
 
 use std::sync::{Arc, RwLock};
 

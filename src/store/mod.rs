@@ -153,6 +153,8 @@ struct Inner {
     results: sled::Tree,
     audit: sled::Tree,
     keys: sled::Tree,
+    /// The country's CSCAs as recorded at first start (SHA-256 hex → certificate DER).
+    cscas: sled::Tree,
     /// The end of the audit chain; every appender holds it from transaction to flush.
     audit_head: Mutex<audit::AuditHead>,
     dir: PathBuf,
@@ -214,7 +216,7 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
         let (batches, batch_ids, idempotency, pending, results) =
             (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
-        let (audit, keys) = (tree("audit")?, tree("keys")?);
+        let (audit, keys, cscas) = (tree("audit")?, tree("keys")?, tree("cscas")?);
         let audit_head = audit::AuditHead::load(&audit)?;
         // sled's log file, for the fsync sled's own flush leaves out (see `flush_db`).
         let db_file = File::open(dir.join(SLED_FILE))
@@ -251,6 +253,7 @@ impl Store {
                 results,
                 audit,
                 keys,
+                cscas,
                 audit_head: Mutex::new(audit_head),
                 dir: dir.to_path_buf(),
                 options,
