@@ -66,7 +66,9 @@ pub enum Action {
         #[arg(long)]
         label: String,
     },
-    /// Take the key out of service (its DSC stays in the trust list until it expires).
+    /// Take the key out of service (its DSC stays in the trust list until it expires). One
+    /// officer retires a key other active keys cover for every certificate type; the last
+    /// cover of a type waits for a second, different officer's retire.
     Retire {
         /// The key's label.
         #[arg(long)]
@@ -135,6 +137,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     .ok_or_else(|| Error::Io(std::io::Error::other("the reply carries no CMS message")))?;
                 std::fs::write(out, cms).map_err(Error::file(out))?;
                 eprintln!("wrote {} (kid {})", out.display(), body["kid"].as_str().unwrap_or("?"));
+            }
+            Action::Retire { label } if reply.status == http::StatusCode::ACCEPTED => {
+                print_reply(&reply);
+                eprintln!(
+                    "key {label:?} is the last active key for a certificate type: your retirement is                      recorded and waits for a second officer's `hcert-signer keys retire --label {label}`"
+                );
             }
             _ => print_reply(&reply),
         }
