@@ -9,6 +9,7 @@ pub mod audit_key;
 pub mod bootstrap;
 pub mod lifecycle;
 pub mod retirement;
+pub mod view;
 
 use std::sync::{Arc, RwLock};
 
