@@ -388,3 +388,44 @@ async fn one_officer_retires_a_key_another_active_key_covers() {
     assert_eq!(signed_kids(&sign(&mut issuer, "rot-", 20).await), BTreeSet::from([kid]));
     audit_verifies(&d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_covering_only_some_types_leaves_the_others_to_two_officers() {
+    use hcert_signer::hcert::CertificateType;
+    let d = Daemon::start();
+    let (mut o1, mut o2) = (d.client("officer1").await, d.client("officer2").await);
+    // dsc-t may only sign test certificates (HCERT EKU); dsc-dev-1 has no EKU: every type.
+    assert_eq!(o1.post("/v1/keys", &json!({"label": "dsc-t"})).await.expect("generate").status, 201);
+    let csr = o1.post("/v1/keys/dsc-t/csr", &json!({"subject": "C=VN,O=MoH,CN=DSC T"})).await.expect("csr");
+    let read = |f: &str| std::fs::read_to_string(d.path().join(f)).expect(f);
+    let ca = hcert_signer::pki::dev::DevCa::load(&read("csca.pem"), &read("csca.key")).expect("CSCA");
+    let now = OffsetDateTime::now_utc();
+    let pem = ca
+        .certify_dsc(
+            std::str::from_utf8(&csr.body).expect("pem"),
+            now - time::Duration::hours(1),
+            now + time::Duration::days(700),
+            Some(&[CertificateType::Test]),
+        )
+        .expect("certify");
+    let r = o1
+        .request_typed(Method::PUT, "/v1/keys/dsc-t/certificate", "application/x-pem-file", pem.into_bytes())
+        .await
+        .expect("import");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for o in [&mut o1, &mut o2] {
+        assert_eq!(
+            o.request(Method::POST, "/v1/keys/dsc-t/approve", None).await.expect("approve").status,
+            200
+        );
+    }
+    // dsc-dev-1 is still the last cover of vaccination and recovery: one officer only asks.
+    let r = o1.request(Method::POST, &format!("/v1/keys/{DEV_DSC}/retire"), None).await.expect("retire");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(key(&mut o1, DEV_DSC).await["state"], "active");
+    // dsc-t is covered for its one type by dsc-dev-1: one officer retires it.
+    let r = o2.request(Method::POST, "/v1/keys/dsc-t/retire", None).await.expect("retire");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().expect("json")["state"], "retired");
+    audit_verifies(&d);
+}

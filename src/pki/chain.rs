@@ -211,3 +211,51 @@ fn algorithm(
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::{Duration, OffsetDateTime};
+
+    use super::*;
+    use crate::pki::dev::DevCa;
+
+    fn dsc_from(ca: &DevCa, country: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CountryName, country);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "DSC");
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let pem = ca.certify_dsc(&csr, now - Duration::minutes(30), now + Duration::days(30), None).unwrap();
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+    }
+
+    #[test]
+    fn a_dsc_chains_only_to_a_listed_csca_of_its_country() {
+        let vn = DevCa::new("VN", "MoH", "CSCA VN", 1).unwrap();
+        let other = DevCa::new("VN", "MoH", "CSCA VN", 1).unwrap();
+        let listed = Csca::from_pem_all(vn.cert_pem()).unwrap();
+        let dsc = dsc_from(&vn, "VN");
+        assert_eq!(check_dsc(&dsc, &listed, "VN").unwrap().subject, listed[0].subject);
+        // Same name, other key: the signature decides.
+        let e = check_dsc(&dsc_from(&other, "VN"), &listed, "VN").unwrap_err().to_string();
+        assert!(e.starts_with("the DSC is not signed by any CSCA in [[signing.csca]] (issuer "), "{e}");
+        let e = check_dsc(&dsc, &[], "VN").unwrap_err().to_string();
+        assert!(e.contains("none is listed"), "{e}");
+        // The CSCA and the DSC of another country than iss.
+        let e = check_dsc(&dsc, &listed, "FR").unwrap_err().to_string();
+        assert!(e.contains("is of country VN, not the issuing country FR"), "{e}");
+        let e = check_dsc(&dsc_from(&vn, "FR"), &listed, "VN").unwrap_err().to_string();
+        assert!(e.contains("the DSC's country FR is not its CSCA's"), "{e}");
+    }
+
+    #[test]
+    fn a_csca_must_be_a_ca() {
+        let vn = DevCa::new("VN", "MoH", "CSCA VN", 1).unwrap();
+        let der = dsc_from(&vn, "VN");
+        let e = Csca::from_der(&der).unwrap_err().to_string();
+        assert!(e.contains("is not a CA certificate"), "{e}");
+        assert_eq!(Csca::from_pem_all(vn.cert_pem()).unwrap()[0].country.as_deref(), Some("VN"));
+        assert!(Csca::from_pem_all("no pem here").is_err());
+    }
+}
