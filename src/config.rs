@@ -440,6 +440,18 @@ mod tests {
     }
 
     #[test]
+    fn csca_certificates_are_read_relative_to_the_config() {
+        let c = load(&format!("{MINIMAL}\n[[signing.csca]]\ncertificate = \"csca.pem\"\n")).unwrap();
+        assert_eq!(c.signing.csca.len(), 1);
+        assert!(
+            c.signing.csca[0].certificate.is_absolute()
+                && c.signing.csca[0].certificate.ends_with("csca.pem")
+        );
+        let typo = format!("{MINIMAL}\n[[signing.csca]]\ncert = \"csca.pem\"\n");
+        assert!(load(&typo).unwrap_err().to_string().contains("unknown field `cert`"));
+    }
+
+    #[test]
     fn absolute_pin_files_and_credentials_are_kept_as_written() {
         let abs = MINIMAL.replace("pin = { file = \"hsm-pin\" }", "pin = { file = \"/etc/hcert/pin\" }");
         let crate::hsm::HsmConfig::Pkcs11(hsm) = load(&abs).unwrap().hsm else { panic!("pkcs11") };
