@@ -63,7 +63,7 @@ impl Lifecycle {
                 self.hsm.find_key(&d.label)?;
                 pki::csr::check_certificate_key(&self.hsm, &d.label, &dsc.der)
                     .map_err(|e| KeyError::Invalid(format!("{}: {e}", d.source)))?;
-                check_dsc(&dsc, &self.policy)
+                check_dsc(&dsc, &self.policy.country, &self.policy.cscas)
                     .map_err(|e| KeyError::Invalid(format!("{}: key {:?}: {e}", d.source, d.label)))?;
                 checked.push((d, dsc));
             }
@@ -111,6 +111,16 @@ impl Lifecycle {
                 Err(e) => log::warn!("keys: active key {:?}: {e}", r.label),
             }
         }
+        // From now on the store's CSCAs are the ones a DSC must chain to.
+        let trusted = self
+            .store
+            .csca_records()?
+            .iter()
+            .map(|(id, der)| {
+                Csca::from_der(der).map_err(|e| crate::store::StoreError::Corrupt(format!("CSCA {id}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.cscas.write().unwrap_or_else(std::sync::PoisonError::into_inner) = trusted;
         self.refresh()?;
         Ok(outcome)
     }
@@ -129,8 +139,8 @@ impl Lifecycle {
                 return Err(KeyError::NotInStore(format!(
                     "the CSCA {} (SHA-256 {fp}) in [[signing.csca]] is not one this store was set up \
                      with: the CSCA list is recorded at the first start and the configuration cannot \
-                     add to it; a new CSCA is added by setting up a new appliance store with the new \
-                     list (see the runbook), never by editing config.toml",
+                     add to it; two security officers add a CSCA with `hcert-signer keys csca-add \
+                     --cert FILE` (each runs it), never by editing config.toml",
                     c.subject
                 )));
             }

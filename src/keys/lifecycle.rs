@@ -8,8 +8,8 @@
 //!
 //! Beside it: what the configuration may decide at first start ([`super::bootstrap`]), the
 //! one-or-two-officer retirement rule ([`super::retirement`]) and the officers' view of a key
-//! ([`super::view`]). A DSC is imported only if it chains to a CSCA of the policy
-//! ([`crate::pki::chain`]).
+//! ([`super::view`]), and the country's CSCAs ([`super::csca`]). A DSC is imported only if it
+//! chains to one of them ([`crate::pki::chain`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -100,7 +100,8 @@ pub struct KeyPolicy {
     /// Distinct officers whose approvals activate a key (and retire the last cover of a
     /// certificate type).
     pub approvals_needed: usize,
-    /// The country's CSCAs: a DSC must be issued by one of them.
+    /// The configuration's CSCAs (`[[signing.csca]]`): recorded at first start, afterwards each
+    /// must be one the store holds; the store's set is what a DSC must chain to.
     pub cscas: Vec<Csca>,
 }
 
@@ -168,6 +169,9 @@ pub struct Lifecycle {
     pub(super) hsm: Hsm,
     keyring: Keyring,
     pub(super) policy: KeyPolicy,
+    /// The CSCAs a DSC may chain to: the configuration's until the start has checked them
+    /// against the store, then the store's (which two officers may add to).
+    pub(super) cscas: std::sync::RwLock<Vec<Csca>>,
     /// One operation at a time: they are rare, and each reads, checks and writes a record.
     ops: Mutex<()>,
 }
@@ -244,7 +248,8 @@ pub(super) fn live(approvals: &[Approval], ttl: i64, now: i64) -> Vec<Approval> 
 impl Lifecycle {
     /// Loads the key records and puts the active keys in `keyring`.
     pub fn load(store: Store, hsm: Hsm, keyring: Keyring, policy: KeyPolicy) -> Result<Lifecycle, KeyError> {
-        let lc = Lifecycle { store, hsm, keyring, policy, ops: Mutex::new(()) };
+        let cscas = std::sync::RwLock::new(policy.cscas.clone());
+        let lc = Lifecycle { store, hsm, keyring, policy, cscas, ops: Mutex::new(()) };
         lc.refresh()?;
         Ok(lc)
     }
@@ -287,6 +292,11 @@ impl Lifecycle {
         }
         self.keyring.replace(active);
         Ok(())
+    }
+
+    /// The CSCAs a DSC may chain to now.
+    pub(super) fn trusted_cscas(&self) -> Vec<Csca> {
+        self.cscas.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -409,7 +419,7 @@ impl Lifecycle {
         // A key unfit to sign is refused by the HSM backend itself, with the attribute named.
         self.hsm.find_key(label)?;
         pki::csr::check_certificate_key(&self.hsm, label, &dsc.der)?;
-        check_dsc(&dsc, &self.policy)?;
+        check_dsc(&dsc, &self.policy.country, &self.trusted_cscas())?;
         let end = usage_end(&dsc, i64::from(usage_days.unwrap_or(self.policy.usage_days)) * 86_400);
         if end <= now {
             return Err(KeyError::Invalid(format!(
@@ -595,9 +605,9 @@ fn usage_bound(dsc: &Dsc, end: i64) -> String {
 
 /// The import and bootstrap checks that do not need the HSM: country, key type, and the chain
 /// to a CSCA of the policy.
-pub(super) fn check_dsc(dsc: &Dsc, policy: &KeyPolicy) -> Result<(), KeyError> {
-    check_dsc_country_and_key(dsc, &policy.country)?;
-    pki::chain::check_dsc(&dsc.der, &policy.cscas, &policy.country)?;
+pub(super) fn check_dsc(dsc: &Dsc, country: &str, cscas: &[Csca]) -> Result<(), KeyError> {
+    check_dsc_country_and_key(dsc, country)?;
+    pki::chain::check_dsc(&dsc.der, cscas, country)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 pub mod audit_key;
 pub mod bootstrap;
+pub mod csca;
 pub mod lifecycle;
 pub mod retirement;
 pub mod view;

@@ -6,6 +6,7 @@ pub mod batch_delete;
 pub mod batch_results;
 pub mod batch_status;
 pub mod batches_create;
+pub mod cscas;
 pub mod health;
 pub mod key_approve;
 pub mod key_certificate;
