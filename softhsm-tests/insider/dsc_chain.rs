@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::daemon::Daemon;
-use crate::dual_control::{audit_verifies, csca_issuer, dsc_params, key, sign, signed_kids};
+use crate::dual_control::{audit_text, audit_verifies, csca_issuer, dsc_params, key, sign, signed_kids};
 
 /// A freshly made CSCA with exactly the development CSCA's name (C=VN as PrintableString).
 fn rogue_csca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
@@ -207,5 +207,53 @@ async fn a_rogue_csca_added_to_the_configuration_after_the_first_start_stops_the
     let (status, body) = import(&mut o1, "dsc-r", pem).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("dsc_chain")), "{body}");
     assert_eq!(key(&mut o1, "dsc-r").await["state"], "generated");
+    audit_verifies(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_officer_cannot_add_a_csca_two_can() {
+    let mut d = Daemon::start();
+    let (mut o1, mut o2) = (d.client("officer1").await, d.client("officer2").await);
+    let (new_csca, new_pem) = rogue_csca();
+    let add = async |o: &mut hcert_signer::client::ApiClient| {
+        let r = o
+            .request_typed(Method::POST, "/v1/cscas", "application/x-pem-file", new_pem.clone().into_bytes())
+            .await
+            .expect("add CSCA");
+        (r.status.as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    let csr = generated(&mut o1, "dsc-n").await;
+    let mut p = dsc_params("dsc-n");
+    p.distinguished_name = csr.params.distinguished_name.clone();
+    let pem = p.signed_by(&csr.public_key, &new_csca).expect("certify").pem();
+
+    // One officer, twice: pending, and DSCs it issued are still refused.
+    for _ in 0..2 {
+        let (status, v) = add(&mut o1).await;
+        assert_eq!(status, 202, "{v}");
+        assert_eq!((v["state"].as_str(), v["approvals_missing"].as_u64()), (Some("pending"), Some(1)), "{v}");
+        let (status, body) = import(&mut o1, "dsc-n", pem.clone()).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("dsc_chain")), "{body}");
+    }
+    let listed = o2.get("/v1/cscas").await.expect("list").json().expect("json");
+    let states: Vec<&str> =
+        listed["cscas"].as_array().expect("cscas").iter().filter_map(|c| c["state"].as_str()).collect();
+    assert_eq!(states, vec!["trusted", "pending"], "{listed}");
+    assert_eq!(key(&mut o2, "dsc-n").await["state"], "generated");
+
+    // A second officer: trusted, and the DSC imports.
+    let (status, v) = add(&mut o2).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("trusted")), "{v}");
+    let (status, body) = import(&mut o1, "dsc-n", pem).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("certified")), "{body}");
+    let audit = audit_text(&mut o1).await;
+    assert!(audit.contains("added by officer1, officer2"), "{audit}");
+
+    // Now the store knows it: the configuration may list it.
+    assert_eq!(d.terminate(), Some(0));
+    std::fs::write(d.path().join("csca-2.pem"), &new_pem).expect("write");
+    d.append_config("\n[[signing.csca]]\ncertificate = \"csca-2.pem\"\n");
+    d.spawn();
+    d.wait_ready(Duration::from_secs(60));
     audit_verifies(&d);
 }

@@ -106,11 +106,25 @@ fn list_in_config(d: &Daemon, label: &str, pem: &str) {
     ));
 }
 
-/// Every line `/v1/audit` serves, as text.
-async fn audit_text(o: &mut ApiClient) -> String {
+/// Every audit entry `/v1/audit` serves, decoded: its JSON, one line each (an entry is the
+/// previous hash, 32 bytes, then the event's JSON, base64).
+pub(crate) async fn audit_text(o: &mut ApiClient) -> String {
+    use base64::Engine as _;
     let r = o.get("/v1/audit").await.expect("audit");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    String::from_utf8_lossy(&r.body).into_owned()
+    let mut out = String::new();
+    for line in String::from_utf8_lossy(&r.body).lines() {
+        let v: Value = serde_json::from_str(line).expect("audit line");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v["entry"].as_str().expect("entry"))
+            .expect("base64");
+        let json = std::str::from_utf8(&raw[32..]).expect("entry JSON");
+        assert!(json.starts_with('{'), "{json}");
+        out.push_str(json);
+        out.push('\n');
+    }
+    assert!(out.contains("\"event\":\"started\""), "{out}");
+    out
 }
 
 /// `hcert-signer audit verify` against the running appliance passes.
@@ -171,7 +185,13 @@ async fn nothing_changed(d: &mut Daemon, config_before: &str, label: &str) {
     assert_eq!(listed[0]["activated_by"][0]["officer"], "config (first-start bootstrap)", "{}", listed[0]);
     let kid = listed[0]["kid"].as_str().expect("kid").to_owned();
     assert_eq!(signed_kids(&sign(&mut issuer, "after-", 20).await), BTreeSet::from([kid]));
-    assert!(!audit_text(&mut o1).await.contains(label), "the audit log mentions {label}");
+    let audit = audit_text(&mut o1).await;
+    assert!(!audit.contains(label), "the audit log mentions {label}: {audit}");
+    // The first start says what it was.
+    assert!(
+        audit.contains("activated from the configuration file: the first-start bootstrap of a store that had never held a key"),
+        "{audit}"
+    );
     audit_verifies(d);
 }
 

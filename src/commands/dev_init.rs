@@ -256,7 +256,7 @@ label = "{UPLOAD_LABEL}"
 certificate = "{upload}"
 
 # The country's CSCAs: a DSC must be issued by one of them. Recorded in the store at first
-# start; adding one later needs a fresh store (see the runbook).
+# start; afterwards two officers add one with `hcert-signer keys csca-add`, never this file.
 [[signing.csca]]
 certificate = "{csca}"
 
