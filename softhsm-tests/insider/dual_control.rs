@@ -1,6 +1,7 @@
 //! Dual control without exceptions, tried as an administrator who edits config.toml and the
 //! token and as one officer acting alone: a key made outside the appliance (extractable, or
-//! imported onto the token) is refused at the first start naming the attribute; a DSC added to
+//! imported onto the token) is refused at the first start naming the attribute, and so is an
+//! upload key made with the token's defaults (decrypt, unwrap) at any start; a DSC added to
 //! `[[signing.dsc]]` after the first start stops the start (exit 78) pointing to
 //! `hcert-signer keys`; one officer cannot retire the last active DSC, but can retire a key
 //! another active key covers. Each time nothing else changes: no key activated, nothing signed
@@ -447,5 +448,52 @@ async fn a_key_covering_only_some_types_leaves_the_others_to_two_officers() {
     let r = o2.request(Method::POST, "/v1/keys/dsc-t/retire", None).await.expect("retire");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json().expect("json")["state"], "retired");
+    audit_verifies(&d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_key_made_with_the_tokens_defaults_is_refused_at_start() {
+    let mut d = Daemon::start();
+    assert_eq!(d.terminate(), Some(0));
+    let config = d.path().join("config.toml");
+    let before = std::fs::read_to_string(&config).expect("config");
+    // The gateway upload key swapped for one made with pkcs11-tool: sign usage asked for, but
+    // the token's defaults leave decrypt and unwrap on.
+    pkcs11_tool(
+        &d,
+        &[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "upload-x",
+            "--id",
+            "d4d4",
+            "--usage-sign",
+        ],
+    );
+    let pem = certify_spki(&d, &read_public_key(&d, "upload-x"), "VN UPLOAD X");
+    let cert = d.path().join("dsc").join("upload-x.pem");
+    std::fs::write(&cert, pem).expect("write certificate");
+    let upload = before.find("[signing.upload]").expect("upload section");
+    let end = before[upload..].find("\n\n").map_or(before.len(), |e| upload + e);
+    let swapped = format!(
+        "{}[signing.upload]\nlabel = \"upload-x\"\ncertificate = \"{}\"{}",
+        &before[..upload],
+        cert.display(),
+        &before[end..]
+    );
+    std::fs::write(&config, swapped).expect("write config");
+    d.spawn();
+    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(78), "{}", d.log_text());
+    let log = d.log_text();
+    assert!(log.contains("key \"upload-x\" is refused"), "{log}");
+    assert!(log.contains("CKA_DECRYPT is true (it may also decrypt; a signing key must only sign)"), "{log}");
+
+    std::fs::write(&config, &before).expect("restore config");
+    d.spawn();
+    d.wait_ready(Duration::from_secs(60));
+    let mut o1 = d.client("officer1").await;
+    assert!(!audit_text(&mut o1).await.contains("upload-x"));
     audit_verifies(&d);
 }
