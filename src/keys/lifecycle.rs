@@ -696,6 +696,29 @@ mod tests {
     }
 
     #[test]
+    fn usage_end_takes_the_tighter_of_the_configured_period_and_the_extension() {
+        let mut dsc = Dsc {
+            der: vec![1],
+            kid: [0; 8],
+            not_before: 1_000,
+            not_after: 1_000_000,
+            country: Some("VN".into()),
+            subject: "CN=x".into(),
+            key: pki::dsc::DscKey::P256(vec![4; 65]),
+            allowed: None,
+            key_usage_period: None,
+        };
+        assert_eq!(usage_end(&dsc, 5_000), 6_000);
+        assert_eq!(usage_end(&dsc, 5_000_000), 1_000_000, "never past notAfter");
+        dsc.key_usage_period = Some((None, Some(3_000)));
+        assert_eq!(usage_end(&dsc, 5_000), 3_000, "the extension ends earlier: it wins");
+        assert_eq!(usage_bound(&dsc, 3_000), "the DSC's PrivateKeyUsagePeriod (2.5.29.16) ends then");
+        dsc.key_usage_period = Some((Some(2_000), Some(9_000)));
+        assert_eq!(usage_end(&dsc, 5_000), 6_000, "the configured period ends earlier: it wins");
+        assert_eq!(usage_start(&dsc), 2_000);
+    }
+
+    #[test]
     fn records_round_trip_and_refuse_unknown_fields() {
         let r = record(&[("officer1", 5)]);
         let back = KeyRecord::decode("k", &r.encode()).unwrap();
