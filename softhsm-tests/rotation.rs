@@ -307,14 +307,19 @@ async fn exp_never_passes_not_after_and_an_ended_usage_period_never_signs() {
 
     tokio::time::sleep(Duration::from_secs(21)).await;
     // The server closes idle connections meanwhile.
-    (issuer, o1) = (d.client("issuer").await, d.client("officer1").await);
+    (issuer, o1, o2) = (d.client("issuer").await, d.client("officer1").await, d.client("officer2").await);
     let lines = sign_batch(&mut issuer, "late-", 300).await;
     assert!(lines.iter().all(|l| l["status"] == "signed"));
     assert!(!kids(&lines).contains(&ending_kid), "a key past its usage period never signs");
 
     // With only the ended key left, records are refused one by one and readiness says why.
-    retire(&mut o1, "short").await;
-    retire(&mut o1, "dsc-dev-1").await;
+    // "short" is covered by dsc-dev-1: one officer retires it. dsc-dev-1 is then the last key
+    // that may sign: retiring it takes a second officer.
+    assert_eq!(retire(&mut o1, "short").await["state"], "retired");
+    let pending = retire(&mut o1, "dsc-dev-1").await;
+    assert_eq!(pending["state"], "active", "{pending}");
+    assert_eq!(pending["retirement_approvals_missing"], 1, "{pending}");
+    assert_eq!(retire(&mut o2, "dsc-dev-1").await["state"], "retired");
     let lines = sign_batch(&mut issuer, "none-", 5).await;
     for l in &lines {
         assert_eq!(l["status"], "rejected");

@@ -184,6 +184,19 @@ pub struct SigningConfig {
     /// that starts with none of them is rejected `uvci_country`.
     #[serde(default)]
     pub accepted_uvci_prefixes: Vec<String>,
+    /// The country's CSCA certificates: a DSC is imported or bootstrapped only if one of them
+    /// issued it. Recorded in the store at first start; a CSCA the store does not know stops
+    /// the start.
+    #[serde(default)]
+    pub csca: Vec<CscaConfig>,
+}
+
+/// One Country Signing CA certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CscaConfig {
+    /// The CSCA certificate, PEM (relative to the configuration file).
+    pub certificate: PathBuf,
 }
 
 /// What to do when a certificate would outlive its DSC.
@@ -248,6 +261,7 @@ impl Default for SigningConfig {
             dscs: Vec::new(),
             upload: None,
             accepted_uvci_prefixes: Vec::new(),
+            csca: Vec::new(),
         }
     }
 }
@@ -356,6 +370,7 @@ impl Config {
         if let Some(u) = self.signing.upload.as_mut() {
             fix(&mut u.certificate);
         }
+        self.signing.csca.iter_mut().for_each(|c| fix(&mut c.certificate));
         if let Some(p) = self.signing.value_sets_dir.as_mut() {
             fix(p);
         }
@@ -475,6 +490,18 @@ mod tests {
         let PinSource::File(pin) = &hsm.pin else { panic!("a PIN file expected") };
         assert!(pin.is_absolute() && pin.ends_with("hsm-pin"), "{pin:?}");
         assert_eq!(hsm.module, Path::new("/usr/lib/softhsm/libsofthsm2.so"));
+    }
+
+    #[test]
+    fn csca_certificates_are_read_relative_to_the_config() {
+        let c = load(&format!("{MINIMAL}\n[[signing.csca]]\ncertificate = \"csca.pem\"\n")).unwrap();
+        assert_eq!(c.signing.csca.len(), 1);
+        assert!(
+            c.signing.csca[0].certificate.is_absolute()
+                && c.signing.csca[0].certificate.ends_with("csca.pem")
+        );
+        let typo = format!("{MINIMAL}\n[[signing.csca]]\ncert = \"csca.pem\"\n");
+        assert!(load(&typo).unwrap_err().to_string().contains("unknown field `cert`"));
     }
 
     #[test]

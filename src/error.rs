@@ -75,6 +75,7 @@ impl Error {
                         H::ModuleNotFound { .. }
                             | H::TokenNotFound { .. }
                             | H::KeyNotFound { .. }
+                            | H::KeyRefused { .. }
                             | H::PinSource { .. }
                             | H::Config(_)
                     ) =>

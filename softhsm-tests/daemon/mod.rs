@@ -122,6 +122,20 @@ impl Daemon {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// Waits for a daemon that is expected to stop by itself (a refused start); its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(status) = c.try_wait().ok().flatten() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(start.elapsed() < within, "daemon still running after {within:?}: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends a signal by name (e.g. `HUP`).
     pub fn signal(&self, name: &str) {
         if let Some(c) = &self.child {

@@ -278,8 +278,10 @@ where
     {
         return error(StatusCode::FORBIDDEN, "forbidden", "this client does not have the issue role");
     }
-    if matches!(segments.as_slice(), ["v1", "keys", ..] | ["v1", "audit", ..] | ["v1", "revocations"])
-        && !client.roles.contains(&Role::Officer)
+    if matches!(
+        segments.as_slice(),
+        ["v1", "keys", ..] | ["v1", "cscas"] | ["v1", "audit", ..] | ["v1", "revocations"]
+    ) && !client.roles.contains(&Role::Officer)
     {
         return error(StatusCode::FORBIDDEN, "forbidden", "this client does not have the officer role");
     }
@@ -309,6 +311,8 @@ where
         (&Method::POST, ["v1", "keys", label, "upload"]) => {
             routes::key_upload::handle(&state, &client, label).await
         }
+        (&Method::GET, ["v1", "cscas"]) => routes::cscas::list(&state).await,
+        (&Method::POST, ["v1", "cscas"]) => routes::cscas::add(&state, &client, req).await,
         (&Method::POST, ["v1", "revocations"]) => routes::revocations::handle(&state, &client, req).await,
         (&Method::GET, ["v1", "audit"]) => routes::audit_log::handle(&state, req.uri().query()).await,
         (&Method::GET, ["v1", "audit", "key"]) => routes::audit_log::key(&state),
@@ -324,6 +328,7 @@ where
             | ["v1", "trust-list"]
             | ["v1", "keys"]
             | ["v1", "keys", _, "csr" | "certificate" | "approve" | "retire" | "upload"]
+            | ["v1", "cscas"]
             | ["v1", "audit"]
             | ["v1", "audit", "key" | "checkpoints"]
             | ["v1", "revocations"],
@@ -352,6 +357,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/keys/{label}/approve"),
     ("POST", "/v1/keys/{label}/retire"),
     ("POST", "/v1/keys/{label}/upload"),
+    ("GET", "/v1/cscas"),
+    ("POST", "/v1/cscas"),
     ("POST", "/v1/revocations"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/key"),

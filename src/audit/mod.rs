@@ -106,6 +106,13 @@ pub enum KeyAction {
     Activated,
     /// The key was retired.
     Retired,
+    /// An officer asked to retire the last key covering a certificate type; a second officer's
+    /// request completes the retirement.
+    RetirementApproved,
+    /// A CSCA was recorded as the country's (at the store's first start, or by two officers).
+    CscaRecorded,
+    /// An officer asked to add a CSCA; a second officer's request adds it.
+    CscaApproved,
     /// An upload message (CMS) for the EU gateway was signed.
     UploadSigned,
     /// Revocation entries were exported (no key is concerned).

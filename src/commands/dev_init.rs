@@ -77,7 +77,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     // The DSC: key in the token, CSR signed by it, certified by the development CSCA.
     hsm.generate_key(DSC_LABEL)?;
-    let csca = DevCa::new(country, "Ministry of Health (development)", &format!("CSCA {country} DEV"), 10)?;
+    // Valid from a month back: a DSC must lie inside its CSCA's validity, and tests certify
+    // DSCs whose notBefore lies in the past.
+    let now = OffsetDateTime::now_utc();
+    let csca = DevCa::new_valid(
+        country,
+        "Ministry of Health (development)",
+        &format!("CSCA {country} DEV"),
+        now - Duration::days(30),
+        now + Duration::days(3650),
+    )?;
     write_file(&dir.join("csca.pem"), csca.cert_pem())?;
     write_secret(&dir.join("csca.key"), csca.key_pem())?;
     let csr = pki::csr::build_csr(
@@ -85,7 +94,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         DSC_LABEL,
         &format!("C={country},O=Ministry of Health (development),CN=DSC {country} DEV 1"),
     )?;
-    let now = OffsetDateTime::now_utc();
     // EU governance: a DSC is valid two years; notBefore an hour back absorbs clock skew.
     let dsc_pem = csca.certify_dsc(&csr, now - Duration::hours(1), now + Duration::days(730), None)?;
     let dsc = Dsc::from_pem(&dsc_pem)?;
@@ -247,6 +255,11 @@ certificate = "{dsc}"
 label = "{UPLOAD_LABEL}"
 certificate = "{upload}"
 
+# The country's CSCAs: a DSC must be issued by one of them. Recorded in the store at first
+# start; afterwards two officers add one with `hcert-signer keys csca-add`, never this file.
+[[signing.csca]]
+certificate = "{csca}"
+
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -258,6 +271,7 @@ client_ca = ["{ca}"]
         conf = d("softhsm2.conf"),
         dsc = dsc.display(),
         upload = upload.display(),
+        csca = d("csca.pem"),
         cert = d("tls/server.pem"),
         key = d("tls/server.key"),
         ca = d("tls/ca.pem"),

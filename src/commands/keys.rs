@@ -1,6 +1,6 @@
 //! `hcert-signer keys …`: a security officer's client of the admin API — list, generate, csr,
-//! import-cert, approve, retire, trust-list and upload — using the officer's profile file (the
-//! appliance's address and the officer's client certificate).
+//! import-cert, approve, retire, csca-list, csca-add, trust-list and upload — using the
+//! officer's profile file (the appliance's address and the officer's client certificate).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,11 +66,21 @@ pub enum Action {
         #[arg(long)]
         label: String,
     },
-    /// Take the key out of service (its DSC stays in the trust list until it expires).
+    /// Take the key out of service (its DSC stays in the trust list until it expires). One
+    /// officer retires a key other active keys cover for every certificate type; the last
+    /// cover of a type waits for a second, different officer's retire.
     Retire {
         /// The key's label.
         #[arg(long)]
         label: String,
+    },
+    /// The country's CSCAs a DSC must chain to, and additions waiting for a second officer.
+    CscaList,
+    /// Ask to trust a CSCA: two different officers must each run this with the same certificate.
+    CscaAdd {
+        /// The CSCA certificate, PEM.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
     },
     /// The trust list: every DSC active or retired and not expired, `{"kid": "DER base64"}`.
     TrustList {
@@ -114,6 +124,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Action::Approve { label } => c.request(Method::POST, &label_path(label, "approve"), None).await?,
             Action::Retire { label } => c.request(Method::POST, &label_path(label, "retire"), None).await?,
+            Action::CscaList => c.get("/v1/cscas").await?,
+            Action::CscaAdd { cert } => {
+                let pem = std::fs::read(cert).map_err(Error::file(cert))?;
+                c.request_typed(Method::POST, "/v1/cscas", "application/x-pem-file", pem).await?
+            }
             Action::TrustList { .. } => c.get("/v1/trust-list").await?,
             Action::Upload { label, .. } => {
                 c.request(Method::POST, &label_path(label, "upload"), None).await?
@@ -135,6 +150,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     .ok_or_else(|| Error::Io(std::io::Error::other("the reply carries no CMS message")))?;
                 std::fs::write(out, cms).map_err(Error::file(out))?;
                 eprintln!("wrote {} (kid {})", out.display(), body["kid"].as_str().unwrap_or("?"));
+            }
+            Action::CscaAdd { cert } if reply.status == http::StatusCode::ACCEPTED => {
+                print_reply(&reply);
+                eprintln!(
+                    "your request to trust this CSCA is recorded and waits for a second officer's \
+                     `hcert-signer keys csca-add --cert {}`",
+                    cert.display()
+                );
+            }
+            Action::Retire { label } if reply.status == http::StatusCode::ACCEPTED => {
+                print_reply(&reply);
+                eprintln!(
+                    "key {label:?} is the last active key for a certificate type: your retirement is                      recorded and waits for a second officer's `hcert-signer keys retire --label {label}`"
+                );
             }
             _ => print_reply(&reply),
         }

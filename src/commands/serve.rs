@@ -21,6 +21,7 @@ use crate::hcert::valuesets::ValueSets;
 use crate::hsm::Hsm;
 use crate::keys::Keyring;
 use crate::keys::audit_key::AuditSigner;
+use crate::keys::bootstrap::{Bootstrap, ConfiguredDsc};
 use crate::keys::lifecycle::{KeyError, KeyPolicy, Lifecycle};
 use crate::pipeline::{Pipeline, PipelineConfig, SigningService, SigningSettings};
 use crate::pki;
@@ -269,20 +270,36 @@ async fn notify_systemd(state: Arc<AppState>, liveness: crate::pipeline::Livenes
 /// `hcert-signer audit verify` (and checks it against the HSM at every start).
 pub const AUDIT_KEY_FILE: &str = "audit-key.pem";
 
-/// The key lifecycle over the store, with the configuration's DSCs bootstrapped (activated at
-/// first start; afterwards the store's state wins).
+/// The key lifecycle over the store: the configuration's CSCAs and DSCs bootstrapped at the
+/// store's first start, checked against the store afterwards (see `keys::bootstrap`).
 fn open_keys(config: &Config, hsm: &Hsm, store: &Store) -> Result<Lifecycle> {
+    let mut cscas = Vec::new();
+    for c in &config.signing.csca {
+        let pem = std::fs::read_to_string(&c.certificate).map_err(Error::file(&c.certificate))?;
+        let list = pki::chain::Csca::from_pem_all(&pem)
+            .map_err(|e| Error::Config(format!("[[signing.csca]] {}: {e}", c.certificate.display())))?;
+        cscas.extend(list);
+    }
     let policy = KeyPolicy {
         country: config.country.clone(),
         approval_ttl_secs: i64::from(config.keys.approval_hours) * 3600,
         usage_days: config.keys.usage_days,
         approvals_needed: 2,
+        cscas,
     };
     let keys = Lifecycle::load(store.clone(), hsm.clone(), Keyring::default(), policy).map_err(key_error)?;
+    let mut dscs = Vec::new();
     for d in &config.signing.dscs {
         let pem = std::fs::read_to_string(&d.certificate).map_err(Error::file(&d.certificate))?;
-        keys.bootstrap(&d.label, &pem, "config")
-            .map_err(|e| Error::Config(format!("{}: {}", d.certificate.display(), key_error(e))))?;
+        dscs.push(ConfiguredDsc { label: d.label.clone(), pem, source: d.certificate.display().to_string() });
+    }
+    match keys.bootstrap(&dscs).map_err(key_error)? {
+        Bootstrap::FirstStart { keys } => {
+            log::info!(
+                "keys: first start: {keys} key(s) activated from [[signing.dsc]] (first-start bootstrap)"
+            );
+        }
+        Bootstrap::Store => {}
     }
     Ok(keys)
 }

@@ -106,6 +106,15 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The key exists but its protection attributes do not prove it was born in the HSM and can
+    /// never leave it, or it may do more than sign: the appliance will not sign with it.
+    #[error("key {label:?} is refused: {}", reasons.join("; "))]
+    KeyRefused {
+        /// The key's label.
+        label: String,
+        /// Each attribute that is wrong, with why it matters (e.g. `CKA_LOCAL is false (…)`).
+        reasons: Vec<String>,
+    },
     /// An HSM call did not return in time; the worker that made it has been replaced.
     #[error(
         "HSM operation {op} did not complete within {after:?}; the session was abandoned and the call will be retried later"

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use yubihsm::asymmetric::Algorithm as AsymAlg;
-use yubihsm::object::{Filter, Id, Label, Type};
+use yubihsm::object::{Filter, Id, Label, Origin, Type};
 use yubihsm::{Capability, Client, Connector, Credentials, Domain};
 
 use super::{Backend, BackendStats, Error, KeyInfo, YubiHsmConfig};
@@ -98,6 +98,10 @@ impl YubiHsmBackend {
         }
         if !info.capabilities.contains(Capability::SIGN_ECDSA) {
             return Err(Error::UnsupportedKey { label, detail: "no sign-ecdsa capability".into() });
+        }
+        let reasons = protection_faults(info.origin, info.capabilities);
+        if !reasons.is_empty() {
+            return Err(Error::KeyRefused { label, reasons });
         }
         let public = self.with_client("get public key", |c| c.get_public_key(id))?;
         // The device returns the bare x‖y coordinates.
@@ -202,7 +206,8 @@ impl Backend for YubiHsmBackend {
         for e in entries {
             match self.key_info(e.object_id) {
                 Ok(k) => out.push(k),
-                Err(Error::UnsupportedKey { .. }) => continue,
+                // Not ours to list: other algorithms, and keys it would refuse to sign with.
+                Err(Error::UnsupportedKey { .. } | Error::KeyRefused { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -268,6 +273,31 @@ impl Backend for YubiHsmBackend {
             ..BackendStats::default()
         }
     }
+}
+
+/// What is wrong with a key object as a signing key of this appliance: it must have been
+/// generated on this device (an imported or re-imported key has existed outside it), must not be
+/// exportable under wrap, and must only sign. Empty when it is fit.
+fn protection_faults(origin: Origin, capabilities: Capability) -> Vec<String> {
+    let mut out = Vec::new();
+    if origin != Origin::Generated {
+        out.push(format!(
+            "its origin is {origin:?}, not generated on the device (it may exist outside the HSM)"
+        ));
+    }
+    if capabilities.contains(Capability::EXPORTABLE_UNDER_WRAP) {
+        out.push("it has the exportable-under-wrap capability (it can leave the HSM)".into());
+    }
+    for (cap, name) in [
+        (Capability::DERIVE_ECDH, "derive-ecdh"),
+        (Capability::DECRYPT_PKCS, "decrypt-pkcs"),
+        (Capability::DECRYPT_OAEP, "decrypt-oaep"),
+    ] {
+        if capabilities.contains(cap) {
+            out.push(format!("it has the {name} capability (a signing key must only sign)"));
+        }
+    }
+    out
 }
 
 fn domains_from(list: &[u8]) -> Result<Domain, Error> {
@@ -361,6 +391,56 @@ mod tests {
         assert!(connector_for(&cfg("ftp://x")).is_err());
         #[cfg(not(feature = "yubihsm-usb"))]
         assert!(connector_for(&cfg("usb")).err().is_some_and(|e| e.to_string().contains("yubihsm-usb")));
+    }
+
+    #[cfg(feature = "yubihsm-mock")]
+    fn mock() -> (YubiHsmBackend, Client) {
+        let connector = Connector::mockhsm();
+        let creds = Credentials::default();
+        let backend =
+            YubiHsmBackend::from_connector(connector.clone(), creds.clone(), 1, Domain::DOM1).expect("mock");
+        let client = Client::open(connector, creds, true).expect("client");
+        (backend, client)
+    }
+
+    #[cfg(feature = "yubihsm-mock")]
+    #[test]
+    fn generated_keys_pass_and_imported_or_exportable_keys_are_refused() {
+        let (b, client) = mock();
+        b.generate_key("dsc-ok").expect("generate");
+        assert_eq!(b.find_key("dsc-ok").expect("find").label, "dsc-ok");
+
+        // Imported from the host: it existed outside the device.
+        client
+            .put_asymmetric_key(
+                0x0101,
+                Label::from("dsc-imported"),
+                Domain::DOM1,
+                Capability::SIGN_ECDSA,
+                AsymAlg::EcP256,
+                vec![7u8; 32],
+            )
+            .expect("put");
+        let e = b.find_key("dsc-imported").unwrap_err();
+        assert!(matches!(e, Error::KeyRefused { .. }), "{e}");
+        assert!(e.to_string().contains("origin is Imported, not generated on the device"), "{e}");
+
+        // Generated on the device but exportable under wrap.
+        client
+            .generate_asymmetric_key(
+                0x0102,
+                Label::from("dsc-wrappable"),
+                Domain::DOM1,
+                Capability::SIGN_ECDSA | Capability::EXPORTABLE_UNDER_WRAP,
+                AsymAlg::EcP256,
+            )
+            .expect("generate");
+        let e = b.find_key("dsc-wrappable").unwrap_err();
+        assert!(e.to_string().contains("exportable-under-wrap"), "{e}");
+        assert!(b.sign_digests("dsc-wrappable", &[[1; 32]]).is_err());
+        // Neither is listed as a key of ours.
+        let labels: Vec<String> = b.list_keys().expect("list").into_iter().map(|k| k.label).collect();
+        assert_eq!(labels, vec!["dsc-ok".to_owned()]);
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! The running [`Keyring`] is rebuilt from the stored records after every change, so activation
 //! and retirement take effect for the next chunk of records without a restart; chunks already
 //! signing keep the snapshot they took.
+//!
+//! Beside it: what the configuration may decide at first start ([`super::bootstrap`]), the
+//! one-or-two-officer retirement rule ([`super::retirement`]) and the officers' view of a key
+//! ([`super::view`]), and the country's CSCAs ([`super::csca`]). A DSC is imported only if it
+//! chains to one of them ([`crate::pki::chain`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -14,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ActiveKey, Keyring};
 use crate::audit::{Event, KeyAction};
-use crate::hcert::{CertificateType, TrustList};
+use crate::hcert::TrustList;
 use crate::hsm::{self, Hsm};
+use crate::pki::chain::Csca;
 use crate::pki::{self, Dsc};
 use crate::store::{Store, StoreError};
 
@@ -70,9 +76,16 @@ pub struct KeyRecord {
     /// recently activated signs).
     #[serde(default)]
     pub activated_ms: Option<i64>,
-    /// When it was retired, and by whom.
+    /// When it was retired, and by whom (the officer who completed the retirement).
     #[serde(default)]
     pub retired: Option<Approval>,
+    /// Who activated it: the approvals that did (or the first-start bootstrap).
+    #[serde(default)]
+    pub activated_by: Vec<Approval>,
+    /// Retirement approvals: pending while the key is the last cover of a certificate type (a
+    /// second officer's completes them), kept once it is retired.
+    #[serde(default)]
+    pub retire_approvals: Vec<Approval>,
 }
 
 /// How keys are governed.
@@ -84,13 +97,23 @@ pub struct KeyPolicy {
     pub approval_ttl_secs: i64,
     /// Default private-key usage period, days from notBefore (EU governance: six months).
     pub usage_days: u32,
-    /// Distinct officers whose approvals activate a key.
+    /// Distinct officers whose approvals activate a key (and retire the last cover of a
+    /// certificate type).
     pub approvals_needed: usize,
+    /// The configuration's CSCAs (`[[signing.csca]]`): recorded at first start, afterwards each
+    /// must be one the store holds; the store's set is what a DSC must chain to.
+    pub cscas: Vec<Csca>,
 }
 
 impl Default for KeyPolicy {
     fn default() -> Self {
-        Self { country: "VN".into(), approval_ttl_secs: 24 * 3600, usage_days: 182, approvals_needed: 2 }
+        Self {
+            country: "VN".into(),
+            approval_ttl_secs: 24 * 3600,
+            usage_days: 182,
+            approvals_needed: 2,
+            cscas: Vec::new(),
+        }
     }
 }
 
@@ -116,7 +139,14 @@ pub enum KeyError {
     /// The input (certificate, subject, label, usage period) is not acceptable.
     #[error("{0}")]
     Invalid(String),
-    /// The HSM failed.
+    /// The configuration names a key or CSCA the store was not set up with: it would bypass
+    /// the officers' dual control.
+    #[error("{0}")]
+    NotInStore(String),
+    /// The DSC does not chain to the country's CSCAs or breaks a rule a DSC must keep.
+    #[error("{0}")]
+    Chain(String),
+    /// The HSM failed, or refused the key (not born in the HSM, extractable, not sign-only).
     #[error(transparent)]
     Hsm(#[from] hsm::Error),
     /// The store failed.
@@ -126,88 +156,41 @@ pub enum KeyError {
 
 impl From<pki::Error> for KeyError {
     fn from(e: pki::Error) -> Self {
-        KeyError::Invalid(e.to_string())
+        match e {
+            pki::Error::Chain(m) => KeyError::Chain(m),
+            e => KeyError::Invalid(e.to_string()),
+        }
     }
-}
-
-/// A key as officers see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct KeyView {
-    /// HSM label.
-    pub label: String,
-    /// `generated`, `certified`, `active`, `retired` or `expired`.
-    pub state: &'static str,
-    /// kid, base64.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
-    /// Certificate subject.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// Certificate validity and usage period, RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_before: Option<String>,
-    /// notAfter, RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_after: Option<String>,
-    /// End of the private-key usage period, RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage_end: Option<String>,
-    /// Certificate types it may sign.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub certificate_types: Option<Vec<&'static str>>,
-    /// Approvals still valid (while certified).
-    pub approvals: Vec<ApprovalView>,
-    /// Approvals still needed to activate (while certified).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approvals_missing: Option<usize>,
-    /// When it became active.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub activated_at: Option<String>,
-    /// When it was retired, and by whom.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retired: Option<ApprovalView>,
-    /// Created when and by whom.
-    pub created: ApprovalView,
-    /// SHA-256 of the key's public half (SubjectPublicKeyInfo DER), hex: compare it with the
-    /// CSR's at the CSCA (`openssl req -in K.csr -pubkey -noout | openssl pkey -pubin -outform DER
-    /// | sha256sum`). Absent when the HSM cannot be asked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_key_sha256: Option<String>,
-}
-
-/// An approval (or another officer action) as officers see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ApprovalView {
-    /// Who.
-    pub officer: String,
-    /// When, RFC 3339.
-    pub at: String,
 }
 
 /// The officers' interface to the keys: one per daemon, shared by the admin routes.
 pub struct Lifecycle {
-    store: Store,
-    hsm: Hsm,
+    pub(super) store: Store,
+    pub(super) hsm: Hsm,
     keyring: Keyring,
-    policy: KeyPolicy,
+    pub(super) policy: KeyPolicy,
+    /// The CSCAs a DSC may chain to: the configuration's until the start has checked them
+    /// against the store, then the store's (which two officers may add to).
+    pub(super) cscas: std::sync::RwLock<Vec<Csca>>,
     /// One operation at a time: they are rare, and each reads, checks and writes a record.
     ops: Mutex<()>,
 }
 
 /// Seconds now.
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Milliseconds now.
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+pub use super::view::{ApprovalView, KeyView};
 pub use crate::audit::rfc3339;
 
 impl KeyRecord {
-    fn dsc(&self) -> Result<Option<Dsc>, KeyError> {
+    pub(super) fn dsc(&self) -> Result<Option<Dsc>, KeyError> {
         let Some(b64) = &self.certificate else { return Ok(None) };
         let der = B64
             .decode(b64)
@@ -215,20 +198,20 @@ impl KeyRecord {
         Ok(Some(Dsc::from_der(&der).map_err(|e| StoreError::Corrupt(format!("key {:?}: {e}", self.label)))?))
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         // Plain strings and integers: serialization cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    fn decode(label: &str, bytes: &[u8]) -> Result<KeyRecord, StoreError> {
+    pub(super) fn decode(label: &str, bytes: &[u8]) -> Result<KeyRecord, StoreError> {
         serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("key {label:?}: {e}")))
     }
 
-    fn usage_secs(&self, policy: &KeyPolicy) -> i64 {
+    pub(super) fn usage_secs(&self, policy: &KeyPolicy) -> i64 {
         i64::from(self.usage_days.unwrap_or(policy.usage_days)) * 86_400
     }
 
-    fn state_name(&self, dsc: Option<&Dsc>, now: i64) -> &'static str {
+    pub(super) fn state_name(&self, dsc: Option<&Dsc>, now: i64) -> &'static str {
         match (self.state, dsc) {
             (_, Some(d)) if d.not_after <= now => "expired",
             (KeyState::Generated, _) => "generated",
@@ -238,28 +221,35 @@ impl KeyRecord {
         }
     }
 
-    fn wrong_state(&self, now: i64, hint: &'static str) -> KeyError {
+    pub(super) fn wrong_state(&self, now: i64, hint: &'static str) -> KeyError {
         let dsc = self.dsc().ok().flatten();
         KeyError::WrongState { label: self.label.clone(), state: self.state_name(dsc.as_ref(), now), hint }
     }
 
-    /// Approvals still valid at `now`, one per officer (the latest).
-    fn live_approvals(&self, ttl: i64, now: i64) -> Vec<Approval> {
-        let mut out: Vec<Approval> = Vec::new();
-        for a in self.approvals.iter().filter(|a| a.at + ttl > now) {
-            match out.iter_mut().find(|b| b.officer == a.officer) {
-                Some(b) => b.at = b.at.max(a.at),
-                None => out.push(a.clone()),
-            }
-        }
-        out
+    /// Activation approvals still valid at `now`, one per officer (the latest).
+    pub(super) fn live_approvals(&self, ttl: i64, now: i64) -> Vec<Approval> {
+        live(&self.approvals, ttl, now)
     }
+}
+
+/// The approvals among `approvals` still valid at `now` (younger than `ttl`), one per officer
+/// (the latest): the same officer twice counts once.
+pub(super) fn live(approvals: &[Approval], ttl: i64, now: i64) -> Vec<Approval> {
+    let mut out: Vec<Approval> = Vec::new();
+    for a in approvals.iter().filter(|a| a.at + ttl > now) {
+        match out.iter_mut().find(|b| b.officer == a.officer) {
+            Some(b) => b.at = b.at.max(a.at),
+            None => out.push(a.clone()),
+        }
+    }
+    out
 }
 
 impl Lifecycle {
     /// Loads the key records and puts the active keys in `keyring`.
     pub fn load(store: Store, hsm: Hsm, keyring: Keyring, policy: KeyPolicy) -> Result<Lifecycle, KeyError> {
-        let lc = Lifecycle { store, hsm, keyring, policy, ops: Mutex::new(()) };
+        let cscas = std::sync::RwLock::new(policy.cscas.clone());
+        let lc = Lifecycle { store, hsm, keyring, policy, cscas, ops: Mutex::new(()) };
         lc.refresh()?;
         Ok(lc)
     }
@@ -274,7 +264,7 @@ impl Lifecycle {
         &self.policy
     }
 
-    fn records(&self) -> Result<Vec<KeyRecord>, KeyError> {
+    pub(super) fn records(&self) -> Result<Vec<KeyRecord>, KeyError> {
         self.store
             .key_records()?
             .into_iter()
@@ -282,7 +272,7 @@ impl Lifecycle {
             .collect()
     }
 
-    fn record(&self, label: &str) -> Result<(KeyRecord, Vec<u8>), KeyError> {
+    pub(super) fn record(&self, label: &str) -> Result<(KeyRecord, Vec<u8>), KeyError> {
         let bytes = self.store.key_record(label)?.ok_or_else(|| KeyError::NotFound(label.to_owned()))?;
         Ok((KeyRecord::decode(label, &bytes)?, bytes))
     }
@@ -304,15 +294,26 @@ impl Lifecycle {
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// The CSCAs a DSC may chain to now.
+    pub(super) fn trusted_cscas(&self) -> Vec<Csca> {
+        self.cscas.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.ops.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn event(action: KeyAction, r: &KeyRecord, officer: &str, kid: Option<String>, detail: String) -> Event {
+    pub(super) fn event(
+        action: KeyAction,
+        r: &KeyRecord,
+        officer: &str,
+        kid: Option<String>,
+        detail: String,
+    ) -> Event {
         Event::Key { action, label: r.label.clone(), officer: officer.to_owned(), kid, detail }
     }
 
-    fn kid_of(dsc: &Dsc) -> String {
+    pub(super) fn kid_of(dsc: &Dsc) -> String {
         B64.encode(dsc.kid)
     }
 
@@ -325,44 +326,6 @@ impl Lifecycle {
     /// One key, as officers see it.
     pub fn get(&self, label: &str) -> Result<KeyView, KeyError> {
         self.view(&self.record(label)?.0, now())
-    }
-
-    fn view(&self, r: &KeyRecord, now: i64) -> Result<KeyView, KeyError> {
-        let dsc = r.dsc()?;
-        let usage_end = dsc.as_ref().map(|d| usage_end(d, r.usage_secs(&self.policy)));
-        let approvals = if r.state == KeyState::Certified {
-            r.live_approvals(self.policy.approval_ttl_secs, now)
-        } else {
-            Vec::new()
-        };
-        let view_of = |a: &Approval| ApprovalView { officer: a.officer.clone(), at: rfc3339(a.at) };
-        Ok(KeyView {
-            label: r.label.clone(),
-            state: r.state_name(dsc.as_ref(), now),
-            kid: dsc.as_ref().map(Self::kid_of),
-            subject: dsc.as_ref().map(|d| d.subject.clone()),
-            not_before: dsc.as_ref().map(|d| rfc3339(d.not_before)),
-            not_after: dsc.as_ref().map(|d| rfc3339(d.not_after)),
-            usage_end: usage_end.map(rfc3339),
-            certificate_types: dsc.as_ref().map(|d| {
-                [CertificateType::Vaccination, CertificateType::Test, CertificateType::Recovery]
-                    .into_iter()
-                    .filter(|t| d.allows(*t))
-                    .map(CertificateType::name)
-                    .collect()
-            }),
-            approvals_missing: (r.state == KeyState::Certified)
-                .then(|| self.policy.approvals_needed.saturating_sub(approvals.len())),
-            approvals: approvals.iter().map(view_of).collect(),
-            activated_at: r.activated_at.map(rfc3339),
-            retired: r.retired.as_ref().map(view_of),
-            created: view_of(&Approval { officer: r.created_by.clone(), at: r.created_at }),
-            public_key_sha256: self
-                .hsm
-                .find_key(&r.label)
-                .ok()
-                .map(|k| hex::encode(crate::hsm::sha256(&k.public_key_der()))),
-        })
     }
 
     /// Generates a new key pair inside the HSM.
@@ -389,6 +352,8 @@ impl Lifecycle {
             activated_at: None,
             activated_ms: None,
             retired: None,
+            activated_by: Vec::new(),
+            retire_approvals: Vec::new(),
         };
         let ev = Self::event(
             KeyAction::Generated,
@@ -451,14 +416,16 @@ impl Lifecycle {
             return Err(KeyError::Invalid(format!("usage_days {d} is not within 1–730")));
         }
         let dsc = Dsc::from_pem(pem)?;
+        // A key unfit to sign is refused by the HSM backend itself, with the attribute named.
+        self.hsm.find_key(label)?;
         pki::csr::check_certificate_key(&self.hsm, label, &dsc.der)?;
-        check_dsc(&dsc, &self.policy.country)?;
+        check_dsc(&dsc, &self.policy.country, &self.trusted_cscas())?;
         let end = usage_end(&dsc, i64::from(usage_days.unwrap_or(self.policy.usage_days)) * 86_400);
         if end <= now {
             return Err(KeyError::Invalid(format!(
-                "the certificate's private-key usage period ended at {} (notAfter {}): it could never sign",
+                "the certificate's private-key usage period ended at {} ({}): it could never sign",
                 rfc3339(end),
-                rfc3339(dsc.not_after)
+                usage_bound(&dsc, end)
             )));
         }
         let kid = Self::kid_of(&dsc);
@@ -503,8 +470,9 @@ impl Lifecycle {
         let end = usage_end(&dsc, r.usage_secs(&self.policy));
         if end <= now {
             return Err(KeyError::Invalid(format!(
-                "key {label:?} cannot be activated: its usage period ended at {}",
-                rfc3339(end)
+                "key {label:?} cannot be activated: its usage period ended at {} ({})",
+                rfc3339(end),
+                usage_bound(&dsc, end)
             )));
         }
         r.approvals = r.live_approvals(self.policy.approval_ttl_secs, now);
@@ -523,6 +491,8 @@ impl Lifecycle {
             r.state = KeyState::Active;
             r.activated_at = Some(now);
             r.activated_ms = Some(now_ms());
+            r.activated_by = r.approvals.clone();
+            r.retire_approvals.clear();
             let by: Vec<&str> = r.approvals.iter().map(|a| a.officer.as_str()).collect();
             events.push(Self::event(
                 KeyAction::Activated,
@@ -541,76 +511,6 @@ impl Lifecycle {
             log::info!(label = label, officer = officer, action = "approved"; "keys: {officer} approved key {label:?}; waiting for another officer");
         }
         self.view(&r, now)
-    }
-
-    /// Takes a key out of service. Its certificate stays in the trust list until notAfter.
-    pub fn retire(&self, label: &str, officer: &str) -> Result<KeyView, KeyError> {
-        let _op = self.lock();
-        let now = now();
-        let (mut r, bytes) = self.record(label)?;
-        if r.state == KeyState::Retired {
-            return Err(r.wrong_state(now, "it is already retired"));
-        }
-        r.state = KeyState::Retired;
-        r.retired = Some(Approval { officer: officer.to_owned(), at: now });
-        r.approvals.clear();
-        let kid = r.dsc()?.as_ref().map(Self::kid_of);
-        let ev = Self::event(KeyAction::Retired, &r, officer, kid, String::new());
-        self.store.put_key_record(label, &r.encode(), Some(Some(&bytes)), vec![ev])?;
-        self.refresh()?;
-        log::info!(label = label, officer = officer, action = "retired"; "keys: {officer} retired key {label:?}");
-        self.view(&r, now)
-    }
-
-    /// Activates a key named in the configuration file (the outcome of a key ceremony before the
-    /// daemon ran, or dev-init) if the store does not know it yet. A key the store knows keeps
-    /// its stored state — a retired key is not brought back by an old configuration line.
-    pub fn bootstrap(&self, label: &str, pem: &str, source: &str) -> Result<(), KeyError> {
-        let _op = self.lock();
-        let dsc = Dsc::from_pem(pem)?;
-        if let Some(bytes) = self.store.key_record(label)? {
-            let r = KeyRecord::decode(label, &bytes)?;
-            if r.dsc()?.is_some_and(|d| d.der == dsc.der) {
-                if r.state != KeyState::Active {
-                    log::warn!(
-                        "keys: {label:?} is listed in the configuration but is {}; it stays so",
-                        r.state_name(Some(&dsc), now())
-                    );
-                }
-                return Ok(());
-            }
-            return Err(KeyError::Invalid(format!(
-                "the configuration gives key {label:?} another certificate than the one stored: \
-                 rotate keys through `hcert-signer keys`, not the configuration"
-            )));
-        }
-        pki::csr::check_certificate_key(&self.hsm, label, &dsc.der)?;
-        check_dsc(&dsc, &self.policy.country)?;
-        let now = now();
-        let r = KeyRecord {
-            label: label.to_owned(),
-            state: KeyState::Active,
-            created_at: now,
-            created_by: source.to_owned(),
-            certificate: Some(B64.encode(&dsc.der)),
-            usage_days: None,
-            approvals: Vec::new(),
-            activated_at: Some(now),
-            activated_ms: Some(now_ms()),
-            retired: None,
-        };
-        let kid = Some(Self::kid_of(&dsc));
-        let ev = Self::event(
-            KeyAction::Activated,
-            &r,
-            source,
-            kid,
-            "activated from the configuration file (bootstrap)".into(),
-        );
-        self.store.put_key_record(label, &r.encode(), Some(None), vec![ev])?;
-        log::info!(label = label, officer = source, action = "activated"; "keys: key {label:?} activated from the configuration (bootstrap)");
-        drop(_op);
-        self.refresh()
     }
 
     /// The trust list: every DSC that has signed or may sign (active or retired) and has not
@@ -671,13 +571,48 @@ impl Lifecycle {
     }
 }
 
-/// End of the private-key usage period: `usage_secs` after notBefore, never past notAfter.
+/// End of the private-key usage period: `usage_secs` after notBefore, never past notAfter, nor
+/// past the notAfter of the DSC's PrivateKeyUsagePeriod extension when it has one (the tighter
+/// bound wins).
 pub fn usage_end(dsc: &Dsc, usage_secs: i64) -> i64 {
-    dsc.not_before.saturating_add(usage_secs).min(dsc.not_after)
+    let end = dsc.not_before.saturating_add(usage_secs).min(dsc.not_after);
+    match dsc.key_usage_period {
+        Some((_, Some(pkup_end))) => end.min(pkup_end),
+        _ => end,
+    }
 }
 
-/// The import checks that do not need the HSM: country and key type.
-fn check_dsc(dsc: &Dsc, country: &str) -> Result<(), KeyError> {
+/// Start of the private-key usage period: notBefore, or the PrivateKeyUsagePeriod's notBefore
+/// when later.
+pub fn usage_start(dsc: &Dsc) -> i64 {
+    match dsc.key_usage_period {
+        Some((Some(pkup_start), _)) => dsc.not_before.max(pkup_start),
+        _ => dsc.not_before,
+    }
+}
+
+/// What ended the usage period at `end`: the DSC's PrivateKeyUsagePeriod, its notAfter, or the
+/// configured period.
+fn usage_bound(dsc: &Dsc, end: i64) -> String {
+    if dsc.key_usage_period.and_then(|p| p.1) == Some(end) {
+        "the DSC's PrivateKeyUsagePeriod (2.5.29.16) ends then".into()
+    } else if dsc.not_after == end {
+        format!("notAfter {}", rfc3339(dsc.not_after))
+    } else {
+        "the configured usage period from notBefore".into()
+    }
+}
+
+/// The import and bootstrap checks that do not need the HSM: country, key type, and the chain
+/// to a CSCA of the policy.
+pub(super) fn check_dsc(dsc: &Dsc, country: &str, cscas: &[Csca]) -> Result<(), KeyError> {
+    check_dsc_country_and_key(dsc, country)?;
+    pki::chain::check_dsc(&dsc.der, cscas, country)?;
+    Ok(())
+}
+
+/// Country and key type.
+fn check_dsc_country_and_key(dsc: &Dsc, country: &str) -> Result<(), KeyError> {
     if dsc.country.as_deref() != Some(country) {
         return Err(KeyError::Invalid(format!(
             "the DSC's country {} is not the issuing country {country}",
@@ -722,6 +657,8 @@ mod tests {
             activated_at: None,
             activated_ms: None,
             retired: None,
+            activated_by: Vec::new(),
+            retire_approvals: Vec::new(),
         }
     }
 
@@ -746,14 +683,39 @@ mod tests {
             subject: "CN=x".into(),
             key,
             allowed: None,
+            key_usage_period: None,
         };
         let p256 = pki::dsc::DscKey::P256(vec![4; 65]);
+        let check_dsc = check_dsc_country_and_key;
         assert!(check_dsc(&dsc(Some("VN"), p256.clone()), "VN").is_ok());
         let e = check_dsc(&dsc(Some("FR"), p256.clone()), "VN").unwrap_err().to_string();
         assert!(e.contains("country \"FR\" is not the issuing country VN"), "{e}");
         assert!(check_dsc(&dsc(None, p256), "VN").unwrap_err().to_string().contains("(none)"));
         let rsa = pki::dsc::DscKey::Rsa(vec![1]);
         assert!(check_dsc(&dsc(Some("VN"), rsa), "VN").unwrap_err().to_string().contains("P-256"));
+    }
+
+    #[test]
+    fn usage_end_takes_the_tighter_of_the_configured_period_and_the_extension() {
+        let mut dsc = Dsc {
+            der: vec![1],
+            kid: [0; 8],
+            not_before: 1_000,
+            not_after: 1_000_000,
+            country: Some("VN".into()),
+            subject: "CN=x".into(),
+            key: pki::dsc::DscKey::P256(vec![4; 65]),
+            allowed: None,
+            key_usage_period: None,
+        };
+        assert_eq!(usage_end(&dsc, 5_000), 6_000);
+        assert_eq!(usage_end(&dsc, 5_000_000), 1_000_000, "never past notAfter");
+        dsc.key_usage_period = Some((None, Some(3_000)));
+        assert_eq!(usage_end(&dsc, 5_000), 3_000, "the extension ends earlier: it wins");
+        assert_eq!(usage_bound(&dsc, 3_000), "the DSC's PrivateKeyUsagePeriod (2.5.29.16) ends then");
+        dsc.key_usage_period = Some((Some(2_000), Some(9_000)));
+        assert_eq!(usage_end(&dsc, 5_000), 6_000, "the configured period ends earlier: it wins");
+        assert_eq!(usage_start(&dsc), 2_000);
     }
 
     #[test]

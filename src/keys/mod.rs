@@ -6,7 +6,11 @@
 //! the next record without a restart and without touching records in flight.
 
 pub mod audit_key;
+pub mod bootstrap;
+pub mod csca;
 pub mod lifecycle;
+pub mod retirement;
+pub mod view;
 
 use std::sync::{Arc, RwLock};
 
@@ -54,7 +58,7 @@ impl ActiveKey {
 
     /// Whether it may sign a certificate of `kind` at `now`.
     pub fn usable(&self, kind: CertificateType, now: i64) -> bool {
-        self.dsc.allows(kind) && self.dsc.not_before <= now && now < self.usage_end
+        self.dsc.allows(kind) && lifecycle::usage_start(&self.dsc) <= now && now < self.usage_end
     }
 }
 
@@ -135,6 +139,7 @@ mod tests {
             subject: format!("CN={label}"),
             key: crate::pki::dsc::DscKey::P256(vec![4; 65]),
             allowed,
+            key_usage_period: None,
         };
         ActiveKey::new(label, dsc, activated)
     }
@@ -166,6 +171,27 @@ mod tests {
                 .to_string()
                 .contains("none is active")
         );
+    }
+
+    #[test]
+    fn a_private_key_usage_period_bounds_signing_with_the_configured_one() {
+        let dsc = |pkup| {
+            let mut k = key("k", 0, 10 * DEFAULT_USAGE_SECS, 1, None);
+            let mut d = (*k.dsc).clone();
+            d.key_usage_period = pkup;
+            k = ActiveKey::new("k", d, 1);
+            k
+        };
+        // Tighter than the configured six months: the extension's end wins.
+        let k = dsc(Some((None, Some(1000))));
+        assert_eq!(k.usage_end, 1000);
+        assert!(k.usable(CertificateType::Test, 999) && !k.usable(CertificateType::Test, 1000));
+        // Looser: the configured period wins.
+        assert_eq!(dsc(Some((None, Some(20 * DEFAULT_USAGE_SECS)))).usage_end, DEFAULT_USAGE_SECS);
+        // A later start: nothing is signed before it.
+        let k = dsc(Some((Some(500), None)));
+        assert!(!k.usable(CertificateType::Test, 499) && k.usable(CertificateType::Test, 500));
+        assert_eq!(lifecycle::usage_start(&k.dsc), 500);
     }
 
     #[test]

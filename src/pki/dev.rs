@@ -5,7 +5,7 @@
 //! offline and signs the CSR that `hcert-signer keys csr` exports.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
@@ -57,15 +57,33 @@ impl DevCa {
     /// A new self-signed P-256 CA named `C=country, O=organisation, CN=common_name`, valid for
     /// `years` from an hour ago.
     pub fn new(country: &str, organisation: &str, common_name: &str, years: i64) -> Result<DevCa, Error> {
+        let now = OffsetDateTime::now_utc();
+        Self::new_valid(
+            country,
+            organisation,
+            common_name,
+            now - Duration::hours(1),
+            now + Duration::days(365 * years),
+        )
+    }
+
+    /// A new self-signed P-256 CA named `C=country, O=organisation, CN=common_name`, valid from
+    /// `not_before` to `not_after`.
+    pub fn new_valid(
+        country: &str,
+        organisation: &str,
+        common_name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<DevCa, Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err("CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(country, organisation, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(serial()?);
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(365 * years);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.self_signed(&key).map_err(gen_err("CA certificate"))?;
         Ok(DevCa { cert_pem: cert.pem(), key_pem: key.serialize_pem(), issuer: Issuer::new(params, key) })
     }
@@ -166,7 +184,11 @@ impl DevCa {
 
 fn dn(country: &str, organisation: &str, common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CountryName, country);
+    // RFC 5280: countryName is a PrintableString (rcgen would write a UTF8String from a &str).
+    match rcgen::string::PrintableString::try_from(country) {
+        Ok(c) => dn.push(DnType::CountryName, DnValue::PrintableString(c)),
+        Err(_) => dn.push(DnType::CountryName, country),
+    }
     dn.push(DnType::OrganizationName, organisation);
     dn.push(DnType::CommonName, common_name);
     dn
@@ -176,4 +198,19 @@ fn dn_cn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     dn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csca_country_is_a_printable_string() {
+        let ca = DevCa::new("VN", "Ministry", "CSCA VN DEV", 1).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let c = cert.subject().iter_country().next().unwrap();
+        assert_eq!(c.attr_value().tag(), x509_parser::der_parser::asn1_rs::Tag::PrintableString);
+        assert_eq!(c.as_str().unwrap(), "VN");
+    }
 }

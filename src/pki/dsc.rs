@@ -46,6 +46,9 @@ pub struct Dsc {
     pub key: DscKey,
     /// The certificate types its HCERT EKUs allow; `None` when it has none (all allowed).
     pub allowed: Option<Vec<CertificateType>>,
+    /// The PrivateKeyUsagePeriod extension (2.5.29.16), when present: the private key signs
+    /// only from its notBefore to its notAfter (Unix seconds, each optional).
+    pub key_usage_period: Option<(Option<i64>, Option<i64>)>,
 }
 
 impl Dsc {
@@ -74,6 +77,12 @@ impl Dsc {
             // An unreadable EKU (CO15's empty sequence) constrains nothing we can honour.
             Ok(None) | Err(_) => None,
         };
+        let key_usage_period = match cert.extensions().iter().find(|e| e.oid.to_id_string() == PKUP_OID) {
+            Some(ext) => Some(private_key_usage_period(ext.value).ok_or_else(|| {
+                parse("its PrivateKeyUsagePeriod extension (2.5.29.16) cannot be read".into())
+            })?),
+            None => None,
+        };
         let country = cert.subject().iter_country().next().and_then(|c| c.as_str().ok()).map(str::to_owned);
         Ok(Dsc {
             kid: cose::kid(der),
@@ -84,6 +93,7 @@ impl Dsc {
             subject: cert.subject().to_string(),
             key,
             allowed,
+            key_usage_period,
         })
     }
 
@@ -131,6 +141,51 @@ impl DscKey {
     }
 }
 
+/// The OID of the PrivateKeyUsagePeriod extension (RFC 3280 4.2.1.4).
+const PKUP_OID: &str = "2.5.29.16";
+
+/// Reads `PrivateKeyUsagePeriod ::= SEQUENCE { notBefore [0] IMPLICIT GeneralizedTime OPTIONAL,
+/// notAfter [1] IMPLICIT GeneralizedTime OPTIONAL }` (Unix seconds); `None` if malformed.
+fn private_key_usage_period(der: &[u8]) -> Option<(Option<i64>, Option<i64>)> {
+    let (&[0x30, len], body) = der.split_first_chunk::<2>()? else { return None };
+    if usize::from(len) != body.len() || len >= 0x80 {
+        return None;
+    }
+    let (mut not_before, mut not_after) = (None, None);
+    let mut rest = body;
+    while let Some((&[tag, len], tail)) = rest.split_first_chunk::<2>() {
+        let value = tail.get(..usize::from(len))?;
+        let t = generalized_time(value)?;
+        match tag {
+            0x80 if not_before.is_none() && not_after.is_none() => not_before = Some(t),
+            0x81 if not_after.is_none() => not_after = Some(t),
+            _ => return None,
+        }
+        rest = &tail[usize::from(len)..];
+    }
+    (rest.is_empty() && (not_before.is_some() || not_after.is_some())).then_some((not_before, not_after))
+}
+
+/// `YYYYMMDDHHMMSSZ` (the DER form of GeneralizedTime) → Unix seconds.
+fn generalized_time(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    if s.len() != 14 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
+    let month = time::Month::try_from(u8::try_from(n(4..6)?).ok()?).ok()?;
+    let date =
+        time::Date::from_calendar_date(i32::try_from(n(0..4)?).ok()?, month, u8::try_from(n(6..8)?).ok()?)
+            .ok()?;
+    let t = time::Time::from_hms(
+        u8::try_from(n(8..10)?).ok()?,
+        u8::try_from(n(10..12)?).ok()?,
+        u8::try_from(n(12..14)?).ok()?,
+    )
+    .ok()?;
+    Some(date.with_time(t).assume_utc().unix_timestamp())
+}
+
 /// The certificate types named by HCERT EKUs among `oids`; `None` if there are none.
 fn hcert_types(oids: &[Oid<'_>]) -> Option<Vec<CertificateType>> {
     let mut types = Vec::new();
@@ -152,4 +207,23 @@ fn hcert_types(oids: &[Oid<'_>]) -> Option<Vec<CertificateType>> {
         }
     }
     (!types.is_empty()).then_some(types)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_key_usage_period_is_read() {
+        // notBefore 2026-01-01T00:00:00Z, notAfter 2026-07-01T00:00:00Z.
+        let mut der = vec![0x30, 34, 0x80, 15];
+        der.extend_from_slice(b"20260101000000Z");
+        der.extend_from_slice(&[0x81, 15]);
+        der.extend_from_slice(b"20260701000000Z");
+        assert_eq!(private_key_usage_period(&der), Some((Some(1_767_225_600), Some(1_782_864_000))));
+        let only_end = [&[0x30, 17, 0x81, 15][..], b"20260701000000Z"].concat();
+        assert_eq!(private_key_usage_period(&only_end), Some((None, Some(1_782_864_000))));
+        assert_eq!(private_key_usage_period(&[0x30, 0]), None);
+        assert_eq!(private_key_usage_period(&[0x30, 17, 0x81, 15, b'2']), None);
+    }
 }

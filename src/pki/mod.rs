@@ -1,6 +1,7 @@
 //! X.509 material: Document Signer Certificates, CSRs, the development CAs, and the CMS
 //! SignedData of gateway uploads.
 
+pub mod chain;
 pub mod cms;
 pub mod csr;
 pub mod dev;
@@ -30,6 +31,9 @@ pub enum Error {
         /// Why it failed.
         detail: String,
     },
+    /// A DSC does not chain to the country's CSCAs, or breaks a rule a DSC must keep.
+    #[error("{0}")]
+    Chain(String),
     /// A signature or digest does not check out: the data was altered, or signed by another key.
     #[error("verification failed: {0}")]
     Verify(String),

@@ -156,6 +156,8 @@ struct Inner {
     /// The sequence numbers of the audit log's checkpoints, written with them.
     audit_checkpoints: sled::Tree,
     keys: sled::Tree,
+    /// The country's CSCAs as recorded at first start (SHA-256 hex → certificate DER).
+    cscas: sled::Tree,
     /// The end of the audit chain; every appender holds it from transaction to flush.
     audit_head: Mutex<audit::AuditHead>,
     dir: PathBuf,
@@ -217,7 +219,8 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
         let (batches, batch_ids, idempotency, pending, results) =
             (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
-        let (audit, audit_checkpoints, keys) = (tree("audit")?, tree("audit_checkpoints")?, tree("keys")?);
+        let (audit, audit_checkpoints, keys, cscas) =
+            (tree("audit")?, tree("audit_checkpoints")?, tree("keys")?, tree("cscas")?);
         let audit_head = audit::AuditHead::load(&audit)?;
         audit::index_checkpoints(&audit, &audit_checkpoints).map_err(|e| open_error(dir, e))?;
         // sled's log file, for the fsync sled's own flush leaves out (see `flush_db`).
@@ -256,6 +259,7 @@ impl Store {
                 audit,
                 audit_checkpoints,
                 keys,
+                cscas,
                 audit_head: Mutex::new(audit_head),
                 dir: dir.to_path_buf(),
                 options,

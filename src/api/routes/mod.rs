@@ -7,6 +7,7 @@ pub mod batch_delete;
 pub mod batch_results;
 pub mod batch_status;
 pub mod batches_create;
+pub mod cscas;
 pub mod health;
 pub mod key_approve;
 pub mod key_certificate;
@@ -146,7 +147,12 @@ pub fn key_error(e: KeyError) -> ApiError {
         KeyError::Exists(..) => (StatusCode::CONFLICT, "key_exists"),
         KeyError::WrongState { .. } => (StatusCode::CONFLICT, "key_state"),
         KeyError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+        KeyError::Chain(_) => (StatusCode::UNPROCESSABLE_ENTITY, "dsc_chain"),
+        KeyError::NotInStore(_) => (StatusCode::CONFLICT, "not_in_store"),
         KeyError::Hsm(crate::hsm::Error::InvalidLabel { .. }) => (StatusCode::BAD_REQUEST, "bad_label"),
+        KeyError::Hsm(crate::hsm::Error::KeyRefused { .. }) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "key_refused")
+        }
         KeyError::Hsm(_) => (StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable"),
         KeyError::Store(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         KeyError::Store(crate::store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
@@ -159,14 +165,29 @@ pub fn key_error(e: KeyError) -> ApiError {
     if status == StatusCode::SERVICE_UNAVAILABLE { err.retry_after(5) } else { err }
 }
 
-/// Runs an officer's action on one key and answers the key's view.
+/// Runs an officer's action on one key and answers 200 with the key's view.
 pub async fn key_action<F>(state: &Arc<AppState>, client: &Arc<Client>, label: &str, op: F) -> Response<Body>
+where
+    F: FnOnce(&Lifecycle, &str, &str) -> Result<KeyView, KeyError> + Send + 'static,
+{
+    key_action_status(state, client, label, op, |_| StatusCode::OK).await
+}
+
+/// Runs an officer's action on one key and answers the key's view with the status `status`
+/// picks from it.
+pub async fn key_action_status<F>(
+    state: &Arc<AppState>,
+    client: &Arc<Client>,
+    label: &str,
+    op: F,
+    status: fn(&KeyView) -> StatusCode,
+) -> Response<Body>
 where
     F: FnOnce(&Lifecycle, &str, &str) -> Result<KeyView, KeyError> + Send + 'static,
 {
     let (st, officer, label) = (state.clone(), client.name.clone(), label.to_owned());
     match blocking(move || op(&st.keys, &label, &officer)).await {
-        Ok(Ok(view)) => super::json(StatusCode::OK, &view),
+        Ok(Ok(view)) => super::json(status(&view), &view),
         Ok(Err(e)) => key_error(e).into_response(),
         Err(e) => e.into_response(),
     }

@@ -86,6 +86,9 @@ impl Ctx<'_> {
             }
             return Err(Error::KeyNotFound { label: label.into() });
         }
+        // Every lookup, not only the first: a key swapped on the token under the same label and
+        // CKA_ID must be checked as well.
+        self.check_protection(s, private, label)?;
         let id = id.unwrap_or_default();
         let public_key = self.public_key_for(s, label, &id)?;
         let info = KeyInfo { label: label.to_string(), id, public_key };
@@ -196,6 +199,7 @@ impl Ctx<'_> {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
+            Attribute::SignRecover(false),
             Attribute::Decrypt(false),
             Attribute::Derive(false),
             Attribute::Unwrap(false),
@@ -206,18 +210,19 @@ impl Ctx<'_> {
             .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
             .map_err(|e| self.fail("C_GenerateKeyPair", e))?;
         // Trust but verify: a token that silently ignored the protection attributes must not
-        // get to keep a DSC key.
-        let protection = s
-            .get_attributes(private, &[AttributeType::Sensitive, AttributeType::Extractable])
-            .map_err(|e| self.fail("C_GetAttributeValue", e))?;
-        let protected = protection.iter().any(|a| matches!(a, Attribute::Sensitive(true)))
-            && protection.iter().any(|a| matches!(a, Attribute::Extractable(false)));
-        if !protected {
+        // get to keep a key the appliance would then refuse to sign with.
+        if let Err(e) = self.check_protection(s, private, label) {
             let _ = s.destroy_object(private);
             let _ = s.destroy_object(public);
-            return Err(Error::Refused {
-                op: "generate key",
-                rv: "the token did not keep CKA_SENSITIVE=true / CKA_EXTRACTABLE=false; key destroyed".into(),
+            return Err(match e {
+                Error::KeyRefused { reasons, .. } => Error::Refused {
+                    op: "generate key",
+                    rv: format!(
+                        "the token did not keep the template ({}); key destroyed",
+                        reasons.join("; ")
+                    ),
+                },
+                e => e,
             });
         }
         let public_key = read_public_key(s, public).map_err(|e| match e {
@@ -263,6 +268,105 @@ impl Ctx<'_> {
         out.sort_by(|a, b| a.label.cmp(&b.label));
         Ok(out)
     }
+}
+
+impl Ctx<'_> {
+    /// Refuses a private key that is not provably born in the token and stuck there, or that may
+    /// do more than sign. Every attribute that is wrong is named, so an officer sees at once
+    /// what the key is.
+    pub(super) fn check_protection(
+        &self,
+        s: &Session,
+        private: ObjectHandle,
+        label: &str,
+    ) -> Result<(), Error> {
+        let attrs =
+            s.get_attributes(private, &PROTECTION).map_err(|e| self.fail("C_GetAttributeValue", e))?;
+        let reasons = protection_faults(&attrs);
+        if reasons.is_empty() { Ok(()) } else { Err(Error::KeyRefused { label: label.into(), reasons }) }
+    }
+}
+
+/// The attributes [`protection_faults`] judges.
+const PROTECTION: [AttributeType; 10] = [
+    AttributeType::Private,
+    AttributeType::Sensitive,
+    AttributeType::Extractable,
+    AttributeType::NeverExtractable,
+    AttributeType::Local,
+    AttributeType::Sign,
+    AttributeType::Decrypt,
+    AttributeType::Unwrap,
+    AttributeType::Derive,
+    AttributeType::SignRecover,
+];
+
+/// What is wrong with a private key's attributes as a signing key of this appliance, one
+/// message per attribute; empty when it is fit. An attribute the module does not report counts
+/// as wrong, except CKA_SIGN_RECOVER, which not every module knows for EC keys.
+pub(super) fn protection_faults(attrs: &[Attribute]) -> Vec<String> {
+    let get = |t: AttributeType| {
+        attrs.iter().find_map(|a| match (t, a) {
+            (AttributeType::Private, Attribute::Private(v))
+            | (AttributeType::Sensitive, Attribute::Sensitive(v))
+            | (AttributeType::Extractable, Attribute::Extractable(v))
+            | (AttributeType::NeverExtractable, Attribute::NeverExtractable(v))
+            | (AttributeType::Local, Attribute::Local(v))
+            | (AttributeType::Sign, Attribute::Sign(v))
+            | (AttributeType::Decrypt, Attribute::Decrypt(v))
+            | (AttributeType::Unwrap, Attribute::Unwrap(v))
+            | (AttributeType::Derive, Attribute::Derive(v))
+            | (AttributeType::SignRecover, Attribute::SignRecover(v)) => Some(*v),
+            _ => None,
+        })
+    };
+    let rules: [(AttributeType, &str, bool, &str); 10] = [
+        (
+            AttributeType::Private,
+            "CKA_PRIVATE",
+            true,
+            "anyone with a session could use or read it without logging in",
+        ),
+        (AttributeType::Sensitive, "CKA_SENSITIVE", true, "its value can be read out of the HSM"),
+        (
+            AttributeType::Extractable,
+            "CKA_EXTRACTABLE",
+            false,
+            "it can be exported wrapped, so it may leave the HSM",
+        ),
+        (
+            AttributeType::NeverExtractable,
+            "CKA_NEVER_EXTRACTABLE",
+            true,
+            "the key was extractable at some time, so it may exist outside the HSM",
+        ),
+        (
+            AttributeType::Local,
+            "CKA_LOCAL",
+            true,
+            "it was not generated on the token but imported, so a copy may exist outside the HSM",
+        ),
+        (AttributeType::Sign, "CKA_SIGN", true, "it cannot sign"),
+        (AttributeType::Decrypt, "CKA_DECRYPT", false, "it may also decrypt; a signing key must only sign"),
+        (AttributeType::Unwrap, "CKA_UNWRAP", false, "it may also unwrap keys; a signing key must only sign"),
+        (AttributeType::Derive, "CKA_DERIVE", false, "it may also derive keys; a signing key must only sign"),
+        (
+            AttributeType::SignRecover,
+            "CKA_SIGN_RECOVER",
+            false,
+            "it may also sign with recovery; a signing key must only sign",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (t, name, want, why) in rules {
+        match get(t) {
+            Some(v) if v == want => {}
+            Some(v) => out.push(format!("{name} is {v} ({why})")),
+            None if t == AttributeType::SignRecover => {}
+            None => out.push(format!("{name} is not reported by the module (it must be {want})")),
+        }
+    }
+    out
 }
 
 enum ReadPoint {

@@ -132,3 +132,40 @@ fn missing_module_is_reported_with_its_path() {
     assert!(matches!(e, Error::ModuleNotFound { .. }));
     assert!(e.to_string().contains("nope.so"), "{e}");
 }
+
+#[test]
+fn protection_names_each_wrong_attribute() {
+    let fit = vec![
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::NeverExtractable(true),
+        Attribute::Local(true),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ];
+    // CKA_SIGN_RECOVER may be unreported; everything else is required.
+    assert!(objects::protection_faults(&fit).is_empty());
+    let mut imported = fit.clone();
+    imported[3] = Attribute::NeverExtractable(false);
+    imported[4] = Attribute::Local(false);
+    let f = objects::protection_faults(&imported);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(
+        f[0].starts_with("CKA_NEVER_EXTRACTABLE is false (the key was extractable at some time"),
+        "{f:?}"
+    );
+    assert!(f[1].starts_with("CKA_LOCAL is false"), "{f:?}");
+    let mut recover = fit.clone();
+    recover.push(Attribute::SignRecover(true));
+    assert!(objects::protection_faults(&recover)[0].starts_with("CKA_SIGN_RECOVER is true"));
+    let f = objects::protection_faults(&fit[1..]);
+    assert_eq!(f, vec!["CKA_PRIVATE is not reported by the module (it must be true)".to_owned()]);
+    let e = Error::KeyRefused { label: "dsc-x".into(), reasons: f };
+    assert_eq!(
+        e.to_string(),
+        "key \"dsc-x\" is refused: CKA_PRIVATE is not reported by the module (it must be true)"
+    );
+}
