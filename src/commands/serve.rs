@@ -21,6 +21,7 @@ use crate::hcert::valuesets::ValueSets;
 use crate::hsm::Hsm;
 use crate::keys::Keyring;
 use crate::keys::audit_key::AuditSigner;
+use crate::keys::kek::{self, HsmKeyWrap};
 use crate::keys::lifecycle::{KeyError, KeyPolicy, Lifecycle};
 use crate::pipeline::{Pipeline, PipelineConfig, SigningService, SigningSettings};
 use crate::pki;
@@ -54,11 +55,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = Store::open(
         &store_dir,
         StoreOptions {
+            key_wrap: Some(HsmKeyWrap::new(hsm.clone(), &config.store.kek_label)),
             cache_capacity: config.store.cache_mb << 20,
             min_free_bytes: config.store.min_free_mb << 20,
         },
     )
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
+    // Before anything is accepted: a store whose KEK is gone must not start (exit 78).
+    kek::ensure(&hsm, &store, &config.store.kek_label).map_err(|e| Error::Config(e.to_string()))?;
     let audit = AuditSigner::ensure(&hsm, &config.audit.key_label)?;
     let audit_pem = config.state_dir.join(AUDIT_KEY_FILE);
     std::fs::write(&audit_pem, audit.public_pem()).map_err(Error::file(&audit_pem))?;
@@ -319,7 +323,7 @@ async fn wait_for_stop(
             }
             _ = sweep.tick() => {
                 let store = store.clone();
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let now = crate::clock::now_unix();
                 match tokio::task::spawn_blocking(move || store.purge_expired(now, retention_secs)).await {
                     Ok(Ok(0)) | Err(_) => {}
                     Ok(Ok(n)) => {

@@ -6,6 +6,7 @@
 //! the next record without a restart and without touching records in flight.
 
 pub mod audit_key;
+pub mod kek;
 pub mod lifecycle;
 
 use std::sync::{Arc, RwLock};

@@ -11,8 +11,13 @@ use std::time::{Duration, Instant};
 use super::layout::{self, BatchMeta, StoredState};
 use super::*;
 
+/// The same test KEK in every process (the kill -9 tests reopen a child's store).
 fn options() -> StoreOptions {
-    StoreOptions { cache_capacity: 8 << 20, min_free_bytes: 0 }
+    StoreOptions {
+        key_wrap: Some(seal::testing::MemoryKek::with_key([0x4b; 32])),
+        cache_capacity: 8 << 20,
+        min_free_bytes: 0,
+    }
 }
 
 fn open(dir: &Path) -> Store {
@@ -75,21 +80,51 @@ fn tree_len(tree: &sled::Tree) -> usize {
     tree.iter().count()
 }
 
+/// The sealing context of a stored block of `tree` at key `k`, and the batch's data key.
+fn block_key(store: &Store, purpose: seal::Purpose, k: &[u8]) -> (seal::Context, Arc<seal::DataKey>) {
+    let block = layout::RecordKey::from_bytes(k).unwrap();
+    let meta = store.inner.batches.get(layout::seq_key(block.batch_seq())).unwrap().expect("its batch");
+    let meta = BatchMeta::decode(&meta).unwrap();
+    let key = store.data_key(block.batch_seq()).unwrap().expect("a live batch has its data key");
+    (shred::context(purpose, &meta.id, block), key)
+}
+
+/// A stored block opened (what it holds in clear).
+fn open_stored(store: &Store, purpose: seal::Purpose, k: &[u8], v: &[u8]) -> Vec<u8> {
+    let (ctx, key) = block_key(store, purpose, k);
+    seal::open(&key, &ctx, v).expect("a stored block opens under its batch's key").to_vec()
+}
+
+/// Replaces a stored block with `plain`, sealed as the store would.
+fn reseal(store: &Store, purpose: seal::Purpose, k: &[u8], plain: &[u8]) -> Vec<u8> {
+    let (ctx, key) = block_key(store, purpose, k);
+    seal::seal(&key, &ctx, plain).unwrap()
+}
+
 /// Every record entry in a tree of blocks under `prefix`, in key order: `(record, bytes)`.
-fn block_entries(tree: &sled::Tree, prefix: &[u8]) -> Vec<(layout::RecordKey, Vec<u8>)> {
+fn block_entries(
+    store: &Store,
+    tree: &sled::Tree,
+    purpose: seal::Purpose,
+    prefix: &[u8],
+) -> Vec<(layout::RecordKey, Vec<u8>)> {
     let mut out = Vec::new();
     for (k, v) in tree.scan_prefix(prefix).map(Result::unwrap) {
         let block = layout::RecordKey::from_bytes(&k).unwrap();
-        for (offset, entry) in layout::decode_block(&v).expect("stored block decodes") {
+        let plain = open_stored(store, purpose, &k, &v);
+        for (offset, entry) in layout::decode_block(&plain).expect("stored block decodes") {
             out.push((block.at_offset(offset), entry.to_vec()));
         }
     }
     out
 }
 
-/// The records with an entry in a tree of blocks under `prefix`.
-fn record_keys(tree: &sled::Tree, prefix: &[u8]) -> Vec<layout::RecordKey> {
-    block_entries(tree, prefix).into_iter().map(|(k, _)| k).collect()
+/// The records with an entry in the queue under `prefix`.
+fn record_keys(store: &Store, prefix: &[u8]) -> Vec<layout::RecordKey> {
+    block_entries(store, &store.inner.pending, seal::Purpose::Pending, prefix)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// What the checker found: per live batch (id → (total, signed, rejected)).
@@ -108,8 +143,8 @@ fn check_invariants(store: &Store) -> Summary {
         assert_ne!(meta.state, StoredState::Deleting, "an interrupted purge was not finished at open");
         seqs.insert(seq);
         let prefix = layout::seq_key(seq);
-        let pending = record_keys(&inner.pending, &prefix);
-        let results: Vec<_> = block_entries(&inner.results, &prefix);
+        let pending = record_keys(store, &prefix);
+        let results: Vec<_> = block_entries(store, &inner.results, seal::Purpose::Results, &prefix);
         let (mut signed, mut rejected) = (0u32, 0u32);
         let pending_set: HashSet<_> = pending.iter().collect();
         for (k, v) in &results {
@@ -132,27 +167,36 @@ fn check_invariants(store: &Store) -> Summary {
         assert_eq!(meta.state, expected);
         let id_seq = inner.batch_ids.get(meta.id).unwrap().expect("id mapping exists");
         assert_eq!(layout::decode_seq(&id_seq).unwrap(), seq);
-        if let Some(key) = &meta.idempotency_key {
-            let k = layout::idempotency_key(&meta.issuer, key).unwrap();
-            assert_eq!(inner.idempotency.get(k).unwrap().as_deref(), Some(&prefix[..]));
+        if let Some(k) = &meta.idempotency {
+            let entry = idempotency::Entry::decode(&inner.idempotency.get(k).unwrap().unwrap()).unwrap();
+            assert!(matches!(entry, idempotency::Entry::Live { seq: s, .. } if s == seq), "its key names it");
         }
+        assert!(inner.data_keys.get(prefix).unwrap().is_some(), "a live batch has its wrapped data key");
         pending_total += pending.len() as u64;
         summary.insert(layout::batch_id_text(&meta.id), (meta.total, signed, rejected));
     }
-    for tree in [&inner.pending, &inner.results] {
+    for (tree, purpose) in
+        [(&inner.pending, seal::Purpose::Pending), (&inner.results, seal::Purpose::Results)]
+    {
         for (k, v) in tree.iter().map(Result::unwrap) {
             let key = layout::RecordKey::from_bytes(&k).unwrap();
             assert!(seqs.contains(&key.batch_seq()), "a record outlived its batch");
             assert_eq!(key.block(), key, "blocks are keyed by their first record");
-            assert!(!layout::decode_block(&v).unwrap().is_empty(), "an empty block is removed");
+            let plain = open_stored(store, purpose, &k, &v);
+            assert!(!layout::decode_block(&plain).unwrap().is_empty(), "an empty block is removed");
         }
     }
     assert_eq!(tree_len(&inner.batch_ids), seqs.len());
+    assert_eq!(tree_len(&inner.data_keys), seqs.len(), "a data key per live batch, none for purged ones");
     for v in inner.idempotency.iter().values() {
-        assert!(
-            seqs.contains(&layout::decode_seq(&v.unwrap()).unwrap()),
-            "idempotency key of a purged batch"
-        );
+        match idempotency::Entry::decode(&v.unwrap()).unwrap() {
+            idempotency::Entry::Live { seq, .. } => {
+                assert!(seqs.contains(&seq), "live key of a purged batch")
+            }
+            idempotency::Entry::Tombstone { batch_id, .. } => {
+                assert!(!summary.contains_key(&layout::batch_id_text(&batch_id)), "tombstone of a live batch")
+            }
+        }
     }
     assert_eq!(store.queued_records(), pending_total, "queued counter");
     summary
@@ -217,15 +261,21 @@ fn lifecycle_submit_claim_commit_stream_delete() {
     for (name, tree) in [
         ("batches", &inner.batches),
         ("batch_ids", &inner.batch_ids),
-        ("idempotency", &inner.idempotency),
+        ("data_keys", &inner.data_keys),
         ("pending", &inner.pending),
         ("results", &inner.results),
     ] {
         assert_eq!(tree_len(tree), 0, "{name} is empty after delete");
     }
-    // The idempotency key is free again: a new batch.
-    let again = submit(&store, "issuer-a", Some("k1"), 1, 200);
-    assert!(again.created && again.batch_id != s.batch_id);
+    // The idempotency key stays spent: a tombstone, and a retry is refused, not signed again.
+    assert_eq!(tree_len(&inner.idempotency), 1);
+    let refs = refs("issuer-a", 1000);
+    let retry = store.submit("issuer-a", Some("k1"), &records(&refs), 200);
+    assert!(
+        matches!(retry, Err(StoreError::BatchDeleted { ref batch_id }) if *batch_id == s.batch_id),
+        "{retry:?}"
+    );
+    assert_eq!(store.queued_records(), 0);
 }
 
 #[test]
@@ -519,7 +569,7 @@ fn durable_across_reopen() {
     assert_eq!(rest.len(), 125);
     assert_eq!(rest[0].key.index(), 125);
     // The idempotency key survived too.
-    let replay = submit(&store, "i", Some("key-a"), 3, 9);
+    let replay = submit(&store, "i", Some("key-a"), 200, 9);
     assert_eq!((replay.batch_id.as_str(), replay.created, replay.total), (a.batch_id.as_str(), false, 200));
 }
 
@@ -585,7 +635,19 @@ fn retention_purges_expired_batches_and_counts_unsigned_records() {
     assert_eq!(store.purge_expired(7 * day + 10, 7 * day).unwrap(), 0);
     let summary = check_invariants(&store);
     assert_eq!(summary.len(), 1);
-    assert!(submit(&store, "i", Some("old"), 1, 8 * day).created, "an expired batch frees its key");
+    // The expired batch's key is a tombstone for a retention period after the purge: a retry
+    // is refused, not signed again; then the tombstone expires and the key is free.
+    let refs20 = refs("i", 20);
+    let retry = store.submit("i", Some("old"), &records(&refs20), 8 * day);
+    assert!(
+        matches!(retry, Err(StoreError::BatchDeleted { ref batch_id }) if *batch_id == old_done.batch_id),
+        "{retry:?}"
+    );
+    assert_eq!(store.purge_expired(14 * day + 9, 7 * day).unwrap(), 1, "the young batch's turn");
+    assert!(store.submit("i", Some("old"), &records(&refs20), 8 * day).is_err(), "a day short of expiry");
+    assert_eq!(store.purge_expired(14 * day + 10, 7 * day).unwrap(), 0);
+    assert_eq!(tree_len(&store.inner.idempotency), 0, "the tombstone expired");
+    assert!(submit(&store, "i", Some("old"), 1, 15 * day).created, "an expired tombstone frees its key");
 }
 
 #[test]
@@ -599,7 +661,7 @@ fn an_interrupted_purge_is_finished_at_open() {
         store.commit(items.iter().map(|i| (i.key, result_for(i))).collect()).unwrap();
         // Mark it as purging, as `delete` does, then "crash" before the sweep.
         let id = layout::parse_batch_id(&s.batch_id).unwrap();
-        assert!(store.mark_deleting(super::batches::Target::Id(id), |_| true).unwrap().is_some());
+        assert!(store.mark_deleting(super::batches::Target::Id(id), 1, |_| true).unwrap().is_some());
         store.flush().unwrap();
     }
     let store = open(dir.path());
@@ -615,11 +677,13 @@ fn an_unreadable_payload_is_set_aside_not_handed_out() {
     submit(&store, "i", None, 3, 1);
     let (k, v) = store.inner.pending.first().unwrap().unwrap();
     // Record 1's payload damaged inside a block that still reads: only it is set aside.
+    let plain = open_stored(&store, seal::Purpose::Pending, &k, &v);
     let mut block = layout::BlockWriter::with_capacity(0);
-    for (offset, entry) in layout::decode_block(&v).unwrap() {
+    for (offset, entry) in layout::decode_block(&plain).unwrap() {
         block.push(offset, if offset == 1 { &[0, 2, 0xff, 0xfe] } else { entry }).unwrap();
     }
-    store.inner.pending.insert(&k, block.finish()).unwrap();
+    let sealed = reseal(&store, seal::Purpose::Pending, &k, &block.finish());
+    store.inner.pending.insert(&k, sealed).unwrap();
     let items = store.claim(10).unwrap();
     assert_eq!(items.iter().map(|i| i.key.index()).collect::<Vec<_>>(), vec![0, 2]);
     assert_eq!(store.corrupt_records(), 1);
@@ -721,7 +785,7 @@ fn the_free_space_reserve_refuses_a_batch_before_anything_is_written() {
         submit(&store, "i", Some("k"), 5, 1)
     };
     let store = Store::open(dir.path(), StoreOptions { min_free_bytes: u64::MAX / 4, ..options() }).unwrap();
-    let refs = refs("r", 5);
+    let refs = refs("i", 5);
     let e = store.submit("i", None, &records(&refs), 2).unwrap_err();
     assert!(e.is_full() && e.is_unavailable(), "{e}");
     // A replay of an accepted batch is still answered: it needs no space.
@@ -1118,7 +1182,7 @@ fn rss_kib(field: &str) -> u64 {
 fn measure() {
     let cache_mb: u64 =
         std::env::var("HCERT_MEASURE_CACHE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
-    let opts = StoreOptions { cache_capacity: cache_mb << 20, min_free_bytes: 0 };
+    let opts = StoreOptions { cache_capacity: cache_mb << 20, min_free_bytes: 0, ..options() };
     if let Some(dir) = std::env::var_os("HCERT_MEASURE_REOPEN") {
         measure_reopened(Path::new(&dir), opts);
         return;
