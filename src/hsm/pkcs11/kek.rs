@@ -144,8 +144,14 @@ impl Ctx<'_> {
             )
             .map_err(|e| match e {
                 // Not a fault of the device: the wrapped key is damaged or from another KEK.
+                // SoftHSM2 answers a failed RFC 5649 integrity check with CKR_GENERAL_ERROR;
+                // treating that as a fault would reset the whole pool for one bad stored value
+                // (a real device fault shows again on the next call and is handled there).
                 CkError::Pkcs11(
-                    RvError::WrappedKeyInvalid | RvError::WrappedKeyLenRange | RvError::EncryptedDataInvalid,
+                    RvError::WrappedKeyInvalid
+                    | RvError::WrappedKeyLenRange
+                    | RvError::EncryptedDataInvalid
+                    | RvError::GeneralError,
                     _,
                 ) => Error::Refused { op: "C_UnwrapKey", rv: rv_name(&e) },
                 e => self.fail("C_UnwrapKey", e),
