@@ -78,6 +78,8 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Read only by a `test-clock` build (src/clock.rs); see `set_clock_offset`.
+            .env("HCERT_TEST_CLOCK_FILE", self.path().join("test-clock-offset"))
             .spawn()
             .expect("spawn serve");
         self.child = Some(child);
@@ -103,6 +105,26 @@ impl Daemon {
         let start = Instant::now();
         while ops_get(self.ops, "/healthz").is_none_or(|(s, _)| s != 200) {
             assert!(start.elapsed() < Duration::from_secs(60), "daemon did not start: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Moves the daemon's calendar clock `secs` ahead (a `test-clock` build reads it at every
+    /// call, so it works on a running daemon too).
+    pub fn set_clock_offset(&self, secs: i64) {
+        std::fs::write(self.path().join("test-clock-offset"), secs.to_string()).expect("write clock offset");
+    }
+
+    /// Waits for a daemon that is expected to stop by itself; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(start.elapsed() < within, "daemon still running after {within:?}: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
