@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use super::layout::{self, BatchMeta, StoredState};
 use super::*;
 
+mod idempotency_keys;
+mod shredding;
+
 /// The same test KEK in every process (the kill -9 tests reopen a child's store).
 fn options() -> StoreOptions {
     StoreOptions {
@@ -571,32 +574,6 @@ fn durable_across_reopen() {
     // The idempotency key survived too.
     let replay = submit(&store, "i", Some("key-a"), 200, 9);
     assert_eq!((replay.batch_id.as_str(), replay.created, replay.total), (a.batch_id.as_str(), false, 200));
-}
-
-#[test]
-fn idempotency_per_issuer() {
-    let dir = tempfile::tempdir().unwrap();
-    let first;
-    {
-        let store = open(dir.path());
-        first = submit(&store, "issuer-a", Some("same"), 10, 1);
-        let replay = submit(&store, "issuer-a", Some("same"), 10, 2);
-        assert_eq!((replay.batch_id.as_str(), replay.created), (first.batch_id.as_str(), false));
-        assert_eq!(store.queued_records(), 10, "a replay queues nothing");
-        let other = submit(&store, "issuer-b", Some("same"), 10, 3);
-        assert!(other.created && other.batch_id != first.batch_id);
-        let unkeyed = submit(&store, "issuer-a", None, 10, 4);
-        assert!(unkeyed.created && unkeyed.batch_id != first.batch_id);
-        // Keys are compared per issuer without ambiguity ("a"+"bc" is not "ab"+"c").
-        let x = submit(&store, "a", Some("bc"), 1, 5);
-        let y = submit(&store, "ab", Some("c"), 1, 5);
-        assert_ne!(x.batch_id, y.batch_id);
-    }
-    let store = open(dir.path());
-    let replay = submit(&store, "issuer-a", Some("same"), 10, 9);
-    assert_eq!((replay.batch_id.as_str(), replay.created), (first.batch_id.as_str(), false));
-    assert_eq!(store.queued_records(), 32);
-    check_invariants(&store);
 }
 
 #[test]
