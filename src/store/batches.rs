@@ -99,16 +99,23 @@ impl Store {
             Some(k) => Some((idempotency::storage_key(issuer_id, k)?, idempotency::request_hash(records))),
             None => None,
         };
-        // A replay or a refusal costs no data key (no HSM call) and no space check.
+        // A replay or a refusal costs no data key (no HSM call) and no space check. Read
+        // outside a transaction, so a purge running meanwhile may show half done: then the
+        // transaction below decides.
         if let Some((k, request)) = &idem
             && let Some(v) = self.inner.idempotency.get(k).map_err(|e| self.fail(e))?
         {
             let meta = |seq: u64| self.inner.batches.get(layout::seq_key(seq)).map_err(|e| self.fail(e));
-            let existing = resolve(&v, request, meta)?;
-            // The first submission may still be flushing in another thread, and a replay must
-            // not promise more than it.
-            self.flush_db()?;
-            return Ok(replayed(&existing));
+            match resolve(&v, request, meta) {
+                Ok(existing) if existing.state != StoredState::Deleting => {
+                    // The first submission may still be flushing in another thread, and a
+                    // replay must not promise more than it.
+                    self.flush_db()?;
+                    return Ok(replayed(&existing));
+                }
+                Ok(_) | Err(ResolveError::Store(StoreError::Corrupt(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let id = random_id()?;
         let (data_key, wrapped) = self.new_data_key()?;

@@ -39,7 +39,8 @@
 //! is ciphertext under a key that no longer exists outside the HSM's reach — only someone who
 //! also holds the KEK could open an old copy of a wrapped key sled still holds. Batch metadata
 //! holds no issuer-chosen text: the idempotency key is stored as a hash. The audit log holds
-//! only truncated hashes of what was signed.
+//! only truncated hashes of what was signed. The KEK's label is pinned in sled's default tree
+//! at first start ([`Store::pin_kek`]), so a missing KEK is noticed instead of replaced.
 //!
 //! # Idempotency
 //!

@@ -514,6 +514,8 @@ impl Store {
                                 created_at: m.created_at,
                                 key,
                             })),
+                            // Purged since its metadata was read (the key goes first): skip.
+                            None if !self.batch_is_live(seq)? => None,
                             None => {
                                 let e =
                                     StoreError::Corrupt(format!("batch {seq} has no data key to open it"));
@@ -573,6 +575,14 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// Whether batch `seq` exists and is not being purged.
+    fn batch_is_live(&self, seq: u64) -> Result<bool, StoreError> {
+        Ok(match self.inner.batches.get(layout::seq_key(seq)).map_err(|e| self.fail(e))? {
+            Some(v) => BatchMeta::decode(&v).is_ok_and(|m| m.state != StoredState::Deleting),
+            None => false,
+        })
     }
 
     /// Sets aside the records of a block that cannot be used: those its readable `entries`

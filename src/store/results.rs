@@ -28,8 +28,12 @@ impl Store {
     pub fn results(&self, issuer_id: &str, batch_id: &str) -> Result<Option<ResultIter>, StoreError> {
         self.ensure_ok()?;
         let Some((seq, meta)) = self.lookup(issuer_id, batch_id)? else { return Ok(None) };
-        // A live batch always has its key; without one its results cannot be opened.
+        // A live batch always has its key; without one it was purged meanwhile (the key goes
+        // first), or its results cannot be opened.
         let Some(key) = self.data_key(seq)? else {
+            if self.lookup(issuer_id, batch_id)?.is_none() {
+                return Ok(None);
+            }
             return Err(StoreError::Corrupt(format!("batch {seq} has no data key to open its results")));
         };
         Ok(Some(ResultIter {
