@@ -63,6 +63,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
     // Before anything is accepted: a store whose KEK is gone must not start (exit 78).
     kek::ensure(&hsm, &store, &config.store.kek_label).map_err(|e| Error::Config(e.to_string()))?;
+    // Batches are then accepted without an HSM call, and during an HSM outage (see the store).
+    store.start_key_stock().map_err(|e| Error::Config(format!("store: {e}")))?;
     let audit = AuditSigner::ensure(&hsm, &config.audit.key_label)?;
     let audit_pem = config.state_dir.join(AUDIT_KEY_FILE);
     std::fs::write(&audit_pem, audit.public_pem()).map_err(Error::file(&audit_pem))?;

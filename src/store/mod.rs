@@ -124,6 +124,9 @@ const SCHEMA_KEY: &[u8] = b"hcert-store-schema";
 const KEK_KEY: &[u8] = b"hcert-store-kek";
 /// Data keys kept unwrapped at most (one per batch being signed or read).
 const KEY_CACHE: usize = 1024;
+/// Data keys made ahead: the batches accepted while the HSM is away, at most. (The unit tests
+/// use a few, to use them up quickly.)
+const KEY_STOCK: usize = if cfg!(test) { 8 } else { 256 };
 /// sled's segment size for a new store, its largest. sled writes any log item over a quarter
 /// of a segment (a tree node, for us) to a file of its own under `blobs/`, without fsync, so
 /// [`Store::flush_db`]'s fsync does not make it durable: found by `softhsm-tests/disk.rs`,
@@ -202,6 +205,8 @@ struct Inner {
     keys: sled::Tree,
     /// Unwrapped data keys of live batches, by seq.
     key_cache: seal::KeyCache<u64>,
+    /// Data keys made ahead for new batches, once started ([`Store::start_key_stock`]).
+    key_stock: OnceLock<Arc<shred::KeyStock>>,
     /// The end of the audit chain; every appender holds it from transaction to flush.
     audit_head: Mutex<audit::AuditHead>,
     dir: PathBuf,
@@ -221,6 +226,14 @@ struct Inner {
     expired_unsigned: AtomicU64,
     /// Held for the life of the store; declared last so it is released after sled closed.
     _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(stock) = self.key_stock.get() {
+            stock.stop();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +315,7 @@ impl Store {
                 audit,
                 keys,
                 key_cache: seal::KeyCache::new(KEY_CACHE),
+                key_stock: OnceLock::new(),
                 audit_head: Mutex::new(audit_head),
                 dir: dir.to_path_buf(),
                 options,

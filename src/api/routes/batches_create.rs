@@ -87,6 +87,17 @@ pub fn store_error(e: StoreError) -> ApiError {
         StoreError::BatchDeleted { .. } => {
             return ApiError::new(StatusCode::GONE, "batch_deleted", e.to_string());
         }
+        // The HSM cannot wrap a new batch's data key (away, re-initialising) and the stock
+        // made ahead is used up: an outage of the HSM, not of the store.
+        StoreError::Seal(s) if s.is_transient() => {
+            log::warn!("store: {e}");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hsm_unavailable",
+                format!("cannot accept a batch now: {e}"),
+            )
+            .retry_after(5);
+        }
         _ => {}
     }
     if let StoreError::BelowReserve { .. } | StoreError::BelowFloor { .. } = e {

@@ -418,13 +418,15 @@ impl Backend for Pkcs11Backend {
 
     fn wrap_data_key(&self, kek_label: &str, key: &[u8]) -> Result<Vec<u8>, Error> {
         let (label, key) = (kek_label.to_string(), zeroize::Zeroizing::new(key.to_vec()));
-        self.inner().call(Kind::Sign, "wrap data key", 5, move |s, ctx| ctx.wrap_data_key(s, &label, &key))
+        // On the admin session, like key generation: SoftHSM2 is not reliable when objects are
+        // created in one session while another generates token keys.
+        self.inner().call(Kind::Admin, "wrap data key", 5, move |s, ctx| ctx.wrap_data_key(s, &label, &key))
     }
 
     fn unwrap_data_key(&self, kek_label: &str, wrapped: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
         let (label, wrapped) = (kek_label.to_string(), wrapped.to_vec());
         self.inner()
-            .call(Kind::Sign, "unwrap data key", 5, move |s, ctx| ctx.unwrap_data_key(s, &label, &wrapped))
+            .call(Kind::Admin, "unwrap data key", 5, move |s, ctx| ctx.unwrap_data_key(s, &label, &wrapped))
     }
 
     fn health(&self) -> Result<(), Error> {

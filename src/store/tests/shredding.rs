@@ -147,3 +147,64 @@ fn a_handle_without_a_kek_reads_and_writes_no_records() {
     drop(wrong);
     assert_eq!(sign_all(&open(dir.path()), 10), 3);
 }
+
+/// A KEK that can be taken away, like an HSM token.
+struct FlakyKek {
+    inner: Arc<seal::testing::MemoryKek>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl seal::KeyWrap for FlakyKek {
+    fn wrap(&self, key: &[u8; seal::DATA_KEY_LEN]) -> Result<Vec<u8>, seal::SealError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(seal::SealError::Wrap("HSM unavailable".into()));
+        }
+        self.inner.wrap(key)
+    }
+
+    fn unwrap(
+        &self,
+        wrapped: &[u8],
+    ) -> Result<zeroize::Zeroizing<[u8; seal::DATA_KEY_LEN]>, seal::SealError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(seal::SealError::Unwrap("HSM unavailable".into()));
+        }
+        self.inner.unwrap(wrapped)
+    }
+
+    fn describe(&self) -> String {
+        "a test KEK that can be taken away".into()
+    }
+}
+
+#[test]
+fn batches_are_accepted_while_the_kek_is_away_until_the_stock_is_used_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = Arc::new(FlakyKek { inner: seal::testing::MemoryKek::new(), down: false.into() });
+    let store = Store::open(dir.path(), StoreOptions { key_wrap: Some(kek.clone()), ..options() }).unwrap();
+    assert_eq!(store.stocked_data_keys(), 0, "no stock before it is started");
+    store.start_key_stock().unwrap();
+    let start = Instant::now();
+    while store.stocked_data_keys() < KEY_STOCK {
+        assert!(start.elapsed() < Duration::from_secs(30), "the stock does not fill");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kek.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..KEY_STOCK {
+        submit(&store, &format!("i{i}"), None, 1, 1);
+    }
+    let refs = refs("i", 1);
+    let e = store.submit("i", None, &records(&refs), 1).unwrap_err();
+    assert!(matches!(e, StoreError::Seal(seal::SealError::Wrap(_))) && e.is_unavailable(), "{e}");
+    assert_eq!(store.queued_records(), KEY_STOCK as u64, "the refused batch stored nothing");
+    // Back: the stock refills by itself, every accepted batch signs.
+    kek.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(sign_all(&store, 64), KEY_STOCK);
+    let start = Instant::now();
+    while store.stocked_data_keys() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the stock does not refill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    submit(&store, "after", None, 1, 1);
+    check_invariants(&store);
+}
