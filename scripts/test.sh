@@ -12,9 +12,9 @@ bash scripts/check-monitoring.sh
 bash scripts/fuzz-ci.sh
 
 cargo fmt --all --check
-cargo clippy --locked --all-targets --features yubihsm-mock -- -D warnings
+cargo clippy --locked --all-targets --features yubihsm-mock,test-clock -- -D warnings
 # nextest does not run doc tests; run them first so the suite's last line is nextest's summary.
-cargo test --locked --doc --features yubihsm-mock
+cargo test --locked --doc --features yubihsm-mock,test-clock
 # nextest runs every test in its own process, so each SoftHSM test gets its own token and
 # SOFTHSM2_CONF without touching its neighbours.
-cargo nextest run --locked --all-targets --features yubihsm-mock --no-fail-fast
+cargo nextest run --locked --all-targets --features yubihsm-mock,test-clock --no-fail-fast

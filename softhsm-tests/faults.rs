@@ -98,9 +98,17 @@ fn hsm_faults_under_load_lose_nothing_and_release_no_bad_signature() {
         trust.insert(dsc.clone());
 
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("store"), StoreOptions { min_free_bytes: 0, ..Default::default() })
-                .expect("store");
+        let store = Store::open(
+            &dir.path().join("store"),
+            StoreOptions {
+                // The data keys are wrapped in memory here: the faults injected are the
+                // signing sessions'.
+                key_wrap: Some(hcert_signer::store::seal::testing::MemoryKek::new()),
+                min_free_bytes: 0,
+                ..Default::default()
+            },
+        )
+        .expect("store");
         let settings = SigningSettings {
             country: "VN".into(),
             validity_secs: 365 * 86_400,

@@ -126,11 +126,15 @@ pub struct StoreConfig {
     /// database never meets a full disk, which it does not survive. Both end once space is
     /// freed, without a restart. 0 turns the checks off (tests only). At most 1,048,576 (1 TiB).
     pub min_free_mb: u64,
+    /// Label of the HSM key-encryption key that wraps each batch's data key (default
+    /// `hcert-kek`). Generated at the store's first start and pinned in the store: afterwards a
+    /// missing KEK or another label stops the start (exit 78), never a new key.
+    pub kek_label: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { retention_days: 7, cache_mb: 32, min_free_mb: 256 }
+        Self { retention_days: 7, cache_mb: 32, min_free_mb: 256, kek_label: "hcert-kek".into() }
     }
 }
 
@@ -431,6 +435,9 @@ impl Config {
         }
         if self.audit.checkpoint_secs == 0 {
             return bad("audit.checkpoint_secs must be at least 1".into());
+        }
+        if let Err(e) = crate::hsm::validate_label(&self.store.kek_label) {
+            return bad(format!("store.kek_label: {e}"));
         }
         if self.store.retention_days == 0 {
             return bad("store.retention_days must be at least 1".into());

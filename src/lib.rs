@@ -10,6 +10,7 @@
 pub mod api;
 pub mod audit;
 pub mod client;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -78,6 +78,8 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Read only by a `test-clock` build (src/clock.rs); see `set_clock_offset`.
+            .env("HCERT_TEST_CLOCK_FILE", self.path().join("test-clock-offset"))
             .spawn()
             .expect("spawn serve");
         self.child = Some(child);
@@ -107,6 +109,26 @@ impl Daemon {
         }
     }
 
+    /// Moves the daemon's calendar clock `secs` ahead (a `test-clock` build reads it at every
+    /// call, so it works on a running daemon too).
+    pub fn set_clock_offset(&self, secs: i64) {
+        std::fs::write(self.path().join("test-clock-offset"), secs.to_string()).expect("write clock offset");
+    }
+
+    /// Waits for a daemon that is expected to stop by itself; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(start.elapsed() < within, "daemon still running after {within:?}: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGKILL, as a power cut would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -120,20 +142,6 @@ impl Daemon {
         let mut c = self.child.take()?;
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         c.wait().ok().and_then(|s| s.code())
-    }
-
-    /// Waits for a daemon that is expected to stop by itself (a refused start); its exit code.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let start = Instant::now();
-        let c = self.child.as_mut()?;
-        loop {
-            if let Some(status) = c.try_wait().ok().flatten() {
-                self.child = None;
-                return status.code();
-            }
-            assert!(start.elapsed() < within, "daemon still running after {within:?}: {}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Sends a signal by name (e.g. `HUP`).

@@ -22,6 +22,7 @@ use crate::hsm::Hsm;
 use crate::keys::Keyring;
 use crate::keys::audit_key::AuditSigner;
 use crate::keys::bootstrap::{Bootstrap, ConfiguredDsc};
+use crate::keys::kek::{self, HsmKeyWrap};
 use crate::keys::lifecycle::{KeyError, KeyPolicy, Lifecycle};
 use crate::pipeline::{Pipeline, PipelineConfig, SigningService, SigningSettings};
 use crate::pki;
@@ -55,11 +56,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = Store::open(
         &store_dir,
         StoreOptions {
+            key_wrap: Some(HsmKeyWrap::new(hsm.clone(), &config.store.kek_label)),
             cache_capacity: config.store.cache_mb << 20,
             min_free_bytes: config.store.min_free_mb << 20,
         },
     )
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
+    // Before anything is accepted: a store whose KEK is gone must not start (exit 78).
+    kek::ensure(&hsm, &store, &config.store.kek_label).map_err(|e| Error::Config(e.to_string()))?;
+    // Batches are then accepted without an HSM call, and during an HSM outage (see the store).
+    store.start_key_stock().map_err(|e| Error::Config(format!("store: {e}")))?;
     // Pinned: made (and its public half written) only at the first start, checked at every
     // later one. An empty log means no start ever got past this point on this store.
     let audit = AuditSigner::open_pinned(
@@ -343,7 +349,7 @@ async fn wait_for_stop(
             }
             _ = sweep.tick() => {
                 let store = store.clone();
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let now = crate::clock::now_unix();
                 match tokio::task::spawn_blocking(move || store.purge_expired(now, retention_secs)).await {
                     Ok(Ok(0)) | Err(_) => {}
                     Ok(Ok(n)) => {

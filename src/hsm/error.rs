@@ -76,6 +76,22 @@ pub enum Error {
         /// The label looked for.
         label: String,
     },
+    /// The store's key-encryption key is not in the HSM.
+    #[error(
+        "no key-encryption key labelled {label:?} in the HSM (the AES key that wraps the store's data keys)"
+    )]
+    KekNotFound {
+        /// The label looked for.
+        label: String,
+    },
+    /// A key-encryption key exists but lacks a required property, so it is not used.
+    #[error("the key-encryption key {label:?} in the HSM is refused: {detail}")]
+    UnsafeKek {
+        /// Its label.
+        label: String,
+        /// The attribute that is wrong.
+        detail: String,
+    },
     /// A key with this label already exists, so none was generated.
     #[error("a key labelled {label:?} already exists in the HSM; choose another label")]
     KeyExists {

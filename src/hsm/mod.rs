@@ -127,6 +127,34 @@ pub trait Backend: Send + Sync + 'static {
     fn parallelism(&self) -> usize;
     /// Its counters.
     fn stats(&self) -> BackendStats;
+    /// Generates the store's key-encryption key `label` inside the HSM: AES-256, generated on
+    /// the device, sensitive, never extractable, usable only to wrap and unwrap data keys.
+    fn generate_kek(&self, label: &str) -> Result<(), Error> {
+        Err(Error::Refused {
+            op: "generate KEK",
+            rv: format!("the {} backend cannot hold a key-encryption key ({label:?})", self.name()),
+        })
+    }
+    /// Checks that the KEK `label` exists with exactly those properties
+    /// ([`Error::KekNotFound`], [`Error::UnsafeKek`] naming the attribute otherwise).
+    fn find_kek(&self, label: &str) -> Result<(), Error> {
+        Err(Error::Refused {
+            op: "find KEK",
+            rv: format!("the {} backend holds no key-encryption key {label:?}", self.name()),
+        })
+    }
+    /// Wraps a data key under the KEK (the data key never becomes a persistent object).
+    fn wrap_data_key(&self, kek_label: &str, _key: &[u8]) -> Result<Vec<u8>, Error> {
+        Err(Error::KekNotFound { label: kek_label.into() })
+    }
+    /// Unwraps what [`Backend::wrap_data_key`] returned.
+    fn unwrap_data_key(
+        &self,
+        kek_label: &str,
+        _wrapped: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        Err(Error::KekNotFound { label: kek_label.into() })
+    }
 }
 
 /// Signatures a backend has been asked for ([`Backend::submit_digests`]) and may still be
@@ -491,6 +519,31 @@ impl Hsm {
             cache.insert(label.to_string(), v.clone());
         }
         Ok(v)
+    }
+
+    /// Generates the store's key-encryption key ([`Backend::generate_kek`]).
+    pub fn generate_kek(&self, label: &str) -> Result<(), Error> {
+        validate_label(label)?;
+        self.inner.backend.generate_kek(label)
+    }
+
+    /// Checks the store's key-encryption key ([`Backend::find_kek`]).
+    pub fn find_kek(&self, label: &str) -> Result<(), Error> {
+        self.inner.backend.find_kek(label)
+    }
+
+    /// Wraps a batch's data key under the KEK ([`Backend::wrap_data_key`]).
+    pub fn wrap_data_key(&self, kek_label: &str, key: &[u8]) -> Result<Vec<u8>, Error> {
+        self.inner.backend.wrap_data_key(kek_label, key)
+    }
+
+    /// Unwraps a batch's data key ([`Backend::unwrap_data_key`]).
+    pub fn unwrap_data_key(
+        &self,
+        kek_label: &str,
+        wrapped: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        self.inner.backend.unwrap_data_key(kek_label, wrapped)
     }
 
     /// A cheap liveness check of the backend (token present, logged in). Use

@@ -151,9 +151,98 @@ impl YubiHsmBackend {
     }
 }
 
+/// What the store's KEK may do on a YubiHSM2: wrap and unwrap data, nothing else (in
+/// particular not export or import other objects under wrap).
+const KEK_CAPABILITIES: Capability = Capability::WRAP_DATA.union(Capability::UNWRAP_DATA);
+
+impl YubiHsmBackend {
+    /// The KEK's object id, checked: an AES-256 wrap key generated on the device with exactly
+    /// wrap-data and unwrap-data, delegating nothing, not exportable under wrap.
+    fn kek_id(&self, label: &str) -> Result<Id, Error> {
+        let object_label = Label::from_bytes(label.as_bytes()).map_err(|_| Error::InvalidLabel {
+            label: label.into(),
+            reason: "too long for a YubiHSM label",
+        })?;
+        let entries = self.with_client("list objects", |c| {
+            c.list_objects(&[Filter::Type(Type::WrapKey), Filter::Label(object_label)])
+        })?;
+        let id = match entries.as_slice() {
+            [] => return Err(Error::KekNotFound { label: label.into() }),
+            [e] => e.object_id,
+            many => return Err(Error::KeyAmbiguous { label: label.into(), count: many.len() }),
+        };
+        let info = self.with_client("get object info", |c| c.get_object_info(id, Type::WrapKey))?;
+        let unsafe_kek = |detail: String| Error::UnsafeKek { label: label.into(), detail };
+        if info.algorithm != yubihsm::Algorithm::Wrap(yubihsm::wrap::Algorithm::Aes256Ccm) {
+            return Err(unsafe_kek(format!("algorithm {:?}, need AES-256-CCM", info.algorithm)));
+        }
+        if info.origin != yubihsm::object::Origin::Generated {
+            return Err(unsafe_kek(format!("origin {:?}: it must be generated on the device", info.origin)));
+        }
+        if info.capabilities != KEK_CAPABILITIES {
+            return Err(unsafe_kek(format!(
+                "capabilities {:?}: exactly wrap-data and unwrap-data",
+                info.capabilities
+            )));
+        }
+        if !info.delegated_capabilities.is_empty() {
+            return Err(unsafe_kek(format!(
+                "delegated capabilities {:?}: none",
+                info.delegated_capabilities
+            )));
+        }
+        Ok(id)
+    }
+}
+
 impl Backend for YubiHsmBackend {
     fn name(&self) -> &'static str {
         "yubihsm"
+    }
+
+    fn generate_kek(&self, label: &str) -> Result<(), Error> {
+        match self.kek_id(label) {
+            Err(Error::KekNotFound { .. }) => {}
+            Ok(_) | Err(Error::UnsafeKek { .. }) | Err(Error::KeyAmbiguous { .. }) => {
+                return Err(Error::KeyExists { label: label.into() });
+            }
+            Err(e) => return Err(e),
+        }
+        let id = self.free_id()?;
+        let object_label = Label::from_bytes(label.as_bytes()).map_err(|_| Error::InvalidLabel {
+            label: label.into(),
+            reason: "too long for a YubiHSM label",
+        })?;
+        self.with_client("generate wrap key", |c| {
+            c.generate_wrap_key(
+                id,
+                object_label,
+                self.domains,
+                KEK_CAPABILITIES,
+                Capability::empty(),
+                yubihsm::wrap::Algorithm::Aes256Ccm,
+            )
+        })?;
+        self.kek_id(label)?;
+        log::info!("generated the store's key-encryption key {label:?} in the YubiHSM (object {id:#06x})");
+        Ok(())
+    }
+
+    fn find_kek(&self, label: &str) -> Result<(), Error> {
+        self.kek_id(label).map(|_| ())
+    }
+
+    fn wrap_data_key(&self, kek_label: &str, key: &[u8]) -> Result<Vec<u8>, Error> {
+        let id = self.kek_id(kek_label)?;
+        let message = self.with_client("wrap data", |c| c.wrap_data(id, key.to_vec()))?;
+        Ok(message.into_vec())
+    }
+
+    fn unwrap_data_key(&self, kek_label: &str, wrapped: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let id = self.kek_id(kek_label)?;
+        let message = yubihsm::wrap::Message::from_vec(wrapped.to_vec())
+            .map_err(|e| Error::Refused { op: "unwrap data", rv: format!("not a wrapped data key: {e}") })?;
+        Ok(zeroize::Zeroizing::new(self.with_client("unwrap data", |c| c.unwrap_data(id, message))?))
     }
 
     fn generate_key(&self, label: &str) -> Result<KeyInfo, Error> {
@@ -375,6 +464,51 @@ fn map_err(op: &'static str, key_id: u16, e: &yubihsm::client::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The KEK on the MockHsm: generated on the device with exactly wrap-data/unwrap-data; an
+    /// imported wrap key or one with more capabilities is refused, naming what is wrong. (The
+    /// MockHsm implements no Wrap Data / Unwrap Data command, so the round trip itself is
+    /// covered on SoftHSM2 only.)
+    #[cfg(feature = "yubihsm-mock")]
+    #[test]
+    fn the_kek_is_generated_on_the_device_wrap_data_only() {
+        let connector = Connector::mockhsm();
+        let backend =
+            YubiHsmBackend::from_connector(connector.clone(), Credentials::default(), 1, Domain::DOM1)
+                .unwrap();
+        assert!(matches!(backend.find_kek("kek"), Err(Error::KekNotFound { .. })));
+        backend.generate_kek("kek").unwrap();
+        backend.find_kek("kek").unwrap();
+        assert!(matches!(backend.generate_kek("kek"), Err(Error::KeyExists { .. })));
+        let client = Client::open(connector, Credentials::default(), true).unwrap();
+        let label = |l: &str| Label::from_bytes(l.as_bytes()).unwrap();
+        client
+            .put_wrap_key(
+                0x0a0a,
+                label("imported"),
+                Domain::DOM1,
+                KEK_CAPABILITIES,
+                Capability::empty(),
+                yubihsm::wrap::Algorithm::Aes256Ccm,
+                vec![7u8; 32],
+            )
+            .unwrap();
+        let e = backend.find_kek("imported").unwrap_err();
+        assert!(matches!(e, Error::UnsafeKek { .. }) && e.to_string().contains("origin"), "{e}");
+        client
+            .generate_wrap_key(
+                0x0b0b,
+                label("exporter"),
+                Domain::DOM1,
+                KEK_CAPABILITIES | Capability::EXPORT_WRAPPED,
+                Capability::empty(),
+                yubihsm::wrap::Algorithm::Aes256Ccm,
+            )
+            .unwrap();
+        let e = backend.find_kek("exporter").unwrap_err();
+        assert!(matches!(e, Error::UnsafeKek { .. }) && e.to_string().contains("capabilities"), "{e}");
+        assert!(backend.wrap_data_key("exporter", &[1; 32]).is_err(), "never used");
+    }
 
     #[test]
     fn connector_strings() {

@@ -8,6 +8,7 @@
 pub mod audit_key;
 pub mod bootstrap;
 pub mod csca;
+pub mod kek;
 pub mod lifecycle;
 pub mod retirement;
 pub mod view;

@@ -71,6 +71,26 @@ pub enum StoreError {
     /// A conditional write found the value changed by someone else meanwhile.
     #[error("{0}")]
     Conflict(&'static str),
+    /// The same issuer used the same idempotency key for a different request: nothing was
+    /// stored, the batch the key names is unchanged.
+    #[error(
+        "this idempotency key was already used for a different request (records or their content differ): use a new key for a new batch, or resend exactly the first request"
+    )]
+    IdempotencyConflict,
+    /// The batch this idempotency key named was deleted or expired: it is not signed again.
+    #[error(
+        "the batch this idempotency key named ({batch_id}) was deleted or expired; it is not signed again: submit with a new idempotency key if the records are really to be signed anew"
+    )]
+    BatchDeleted {
+        /// The purged batch's id.
+        batch_id: String,
+    },
+    /// Sealing or opening records, or wrapping or unwrapping a data key, failed.
+    #[error("{0}")]
+    Seal(#[from] super::seal::SealError),
+    /// This handle was opened without a key-encryption key, so it cannot read or write records.
+    #[error("this store handle has no key-encryption key: it cannot read or write records")]
+    NoKeyWrap,
     /// The caller passed something the store cannot represent (the API validates first).
     #[error("cannot store this: {0}")]
     Invalid(&'static str),
@@ -89,7 +109,7 @@ impl StoreError {
                 | Self::BelowFloor { .. }
                 | Self::Io(_)
                 | Self::Failed(_)
-        )
+        ) || matches!(self, Self::Seal(e) if e.is_transient())
     }
 
     /// True for a full disk (or a refused reservation), so callers can tell it apart in metrics.

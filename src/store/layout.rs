@@ -85,18 +85,6 @@ pub(crate) fn parse_batch_id(text: &str) -> Option<[u8; BATCH_ID_LEN]> {
     Some(id)
 }
 
-/// The idempotency tree's key: the issuer (length-prefixed, so no two (issuer, key) pairs
-/// collide) followed by the issuer's key.
-pub(crate) fn idempotency_key(issuer: &str, key: &str) -> Result<Vec<u8>, StoreError> {
-    let len =
-        u16::try_from(issuer.len()).map_err(|_| StoreError::Invalid("issuer id longer than 65535 bytes"))?;
-    let mut k = Vec::with_capacity(2 + issuer.len() + key.len());
-    k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(issuer.as_bytes());
-    k.extend_from_slice(key.as_bytes());
-    Ok(k)
-}
-
 /// A batch's lifecycle as stored. `Deleting` is internal: the batch is invisible and being
 /// purged (a crash mid-purge is finished at the next open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +100,8 @@ pub(crate) enum StoredState {
 pub(crate) struct BatchMeta {
     pub id: [u8; BATCH_ID_LEN],
     pub issuer: String,
-    pub idempotency_key: Option<String>,
+    /// Where its idempotency key is stored ([`super::idempotency::storage_key`]), not the key.
+    pub idempotency: Option<[u8; 32]>,
     pub created_at: i64,
     pub total: u32,
     pub signed: u32,
@@ -129,10 +118,7 @@ impl BatchMeta {
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
         let issuer_len = u16::try_from(self.issuer.len())
             .map_err(|_| StoreError::Invalid("issuer id longer than 65535 bytes"))?;
-        let key = self.idempotency_key.as_deref().unwrap_or("");
-        let key_len = u16::try_from(key.len())
-            .map_err(|_| StoreError::Invalid("idempotency key longer than 65535 bytes"))?;
-        let mut v = Vec::with_capacity(48 + self.issuer.len() + key.len());
+        let mut v = Vec::with_capacity(80 + self.issuer.len());
         v.push(VERSION);
         v.push(self.state as u8);
         v.extend_from_slice(&self.total.to_be_bytes());
@@ -142,9 +128,8 @@ impl BatchMeta {
         v.extend_from_slice(&self.id);
         v.extend_from_slice(&issuer_len.to_be_bytes());
         v.extend_from_slice(self.issuer.as_bytes());
-        v.push(u8::from(self.idempotency_key.is_some()));
-        v.extend_from_slice(&key_len.to_be_bytes());
-        v.extend_from_slice(key.as_bytes());
+        v.push(u8::from(self.idempotency.is_some()));
+        v.extend_from_slice(&self.idempotency.unwrap_or_default());
         Ok(v)
     }
 
@@ -166,13 +151,12 @@ impl BatchMeta {
         let issuer_len = usize::from(r.u16()?);
         let issuer = r.string(issuer_len)?;
         let has_key = r.u8()? != 0;
-        let key_len = usize::from(r.u16()?);
-        let key = r.string(key_len)?;
+        let key: [u8; 32] = r.array()?;
         r.end()?;
         Ok(Self {
             id,
             issuer,
-            idempotency_key: has_key.then_some(key),
+            idempotency: has_key.then_some(key),
             created_at,
             total,
             signed,
@@ -367,7 +351,7 @@ mod tests {
         BatchMeta {
             id: [7; 16],
             issuer: "cdc-hanoi".into(),
-            idempotency_key: Some("k-1".into()),
+            idempotency: Some([5; 32]),
             created_at: 1_700_000_000,
             total: 10_000,
             signed: 3,
@@ -393,7 +377,7 @@ mod tests {
         let m = meta();
         let b = m.encode().unwrap();
         assert_eq!(BatchMeta::decode(&b).unwrap(), m);
-        let none = BatchMeta { idempotency_key: None, ..m };
+        let none = BatchMeta { idempotency: None, ..m };
         assert_eq!(BatchMeta::decode(&none.encode().unwrap()).unwrap(), none);
         for cut in 0..b.len() {
             assert!(matches!(BatchMeta::decode(&b[..cut]), Err(StoreError::Corrupt(_))), "cut at {cut}");
@@ -467,10 +451,5 @@ mod tests {
         assert_eq!(parse_batch_id("../../etc/passwd"), None);
         assert_eq!(parse_batch_id(""), None);
         assert_eq!(parse_batch_id(&"é".repeat(16)), None);
-    }
-
-    #[test]
-    fn idempotency_keys_do_not_collide_across_issuers() {
-        assert_ne!(idempotency_key("a", "bc").unwrap(), idempotency_key("ab", "c").unwrap());
     }
 }

@@ -8,11 +8,14 @@
 //! |---------------|---------------------------------------|---------------------------------------|
 //! | `batches`     | seq (u64 BE)                          | batch metadata (binary, versioned)    |
 //! | `batch_ids`   | batch id (16 random bytes)            | seq                                   |
-//! | `idempotency` | issuer length (u16 BE), issuer, key   | seq                                   |
+//! | `idempotency` | SHA-256 of issuer and key             | the batch's seq and request hash, or  |
+//! |               |                                       | a tombstone once it was purged        |
+//! | `data_keys`   | seq                                   | the batch's data key, wrapped by the  |
+//! |               |                                       | KEK in the HSM                        |
 //! | `pending`     | seq, first record index of a block    | refs and DCC JSON of the block's      |
-//! |               | (u32 BE)                              | pending records (binary, versioned)   |
+//! |               | (u32 BE)                              | pending records, sealed               |
 //! | `results`     | seq, first record index of a block    | the result lines of the block's       |
-//! |               |                                       | resolved records (binary, versioned)  |
+//! |               |                                       | resolved records, sealed              |
 //! | `audit`       | entry seq (u64 BE)                    | chain hash, then the entry's JSON     |
 //! | `audit_checkpoints` | a checkpoint entry's seq (u64 BE) | empty (an index of `audit`)           |
 //! | `keys`        | key label (UTF-8)                     | the key's lifecycle record (JSON)     |
@@ -26,6 +29,27 @@
 //! same block in `results` in one transaction, so personal data does not outlive signing.
 //! Every transaction does point operations only (sled's `TransactionalTree` cannot iterate);
 //! the scans (claim, results, purge sweeps) run outside transactions.
+//!
+//! # Crypto-shredding
+//!
+//! Every `pending` and `results` value is sealed ([`seal`]: AES-256-GCM, bound to its batch,
+//! tree and block) under its batch's data key, which is stored only wrapped by the KEK in the
+//! HSM ([`StoreOptions::key_wrap`]). Purging a batch (DELETE or retention) first removes its
+//! wrapped data key in one transaction with the mark that hides it, and flushes; only then are
+//! its blocks swept. Whatever sled's log keeps of them afterwards (old pages, free segments)
+//! is ciphertext under a key that no longer exists outside the HSM's reach — only someone who
+//! also holds the KEK could open an old copy of a wrapped key sled still holds. Batch metadata
+//! holds no issuer-chosen text: the idempotency key is stored as a hash. The audit log holds
+//! only truncated hashes of what was signed. The KEK's label is pinned in sled's default tree
+//! at first start ([`Store::pin_kek`]), so a missing KEK is noticed instead of replaced.
+//!
+//! # Idempotency
+//!
+//! A key names the request it was first used with (SHA-256 over its records as parsed,
+//! [`idempotency::request_hash`]): the same key with another request is refused
+//! ([`StoreError::IdempotencyConflict`]); with the same request, the batch is returned as it
+//! stands. Purging the batch leaves a tombstone under the key for the retention period, and a
+//! retry is refused ([`StoreError::BatchDeleted`]) instead of signed again.
 //!
 //! The audit log ([`crate::audit`]) is appended in the same transaction as what it records: a
 //! commit's signatures, a key's change of state.
@@ -66,11 +90,14 @@
 mod audit;
 mod batches;
 mod error;
+pub mod idempotency;
 mod keys;
 mod layout;
 mod queue;
 mod record;
 mod results;
+pub mod seal;
+mod shred;
 #[cfg(test)]
 mod tests;
 
@@ -89,10 +116,18 @@ pub use results::ResultIter;
 
 use error::{io_text, is_enospc, one_line};
 
-/// Schema version of the layout above, kept in sled's default tree. 2: payloads and results
-/// in blocks of records ([`layout::BLOCK`]); 1 (one value per record) is refused.
-const SCHEMA_VERSION: u8 = 2;
+/// Schema version of the layout above, kept in sled's default tree. 3: blocks sealed under
+/// wrapped per-batch data keys, idempotency keys hashed with tombstones; 2 (blocks in clear)
+/// and 1 (one value per record) are refused.
+const SCHEMA_VERSION: u8 = 3;
 const SCHEMA_KEY: &[u8] = b"hcert-store-schema";
+/// The label of the KEK this store's data keys are wrapped with, recorded at first start.
+const KEK_KEY: &[u8] = b"hcert-store-kek";
+/// Data keys kept unwrapped at most (one per batch being signed or read).
+const KEY_CACHE: usize = 1024;
+/// Data keys made ahead: the batches accepted while the HSM is away, at most. (The unit tests
+/// use a few, to use them up quickly.)
+const KEY_STOCK: usize = if cfg!(test) { 8 } else { 256 };
 /// sled's segment size for a new store, its largest. sled writes any log item over a quarter
 /// of a segment (a tree node, for us) to a file of its own under `blobs/`, without fsync, so
 /// [`Store::flush_db`]'s fsync does not make it durable: found by `softhsm-tests/disk.rs`,
@@ -110,8 +145,12 @@ const LOCK_FILE: &str = "store.lock";
 const SLED_FILE: &str = "db";
 
 /// Tuning of the store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
+    /// Wraps and unwraps the batches' data keys with the KEK (the HSM). `None` for a handle
+    /// that never reads or writes records (`audit verify`): submit, claim, commit and results
+    /// then fail with [`StoreError::NoKeyWrap`].
+    pub key_wrap: Option<Arc<dyn seal::KeyWrap>>,
     /// sled's page cache in bytes. sled's resident memory grows well past this while records
     /// are being accepted (measured, 200,000 records of ~400 bytes accepted in one process:
     /// about 166 MiB RSS at 16 MiB, 191 MiB at 32 MiB, 203–231 MiB at 64 MiB), so keep it
@@ -132,7 +171,17 @@ pub const MAX_FLOOR: u64 = 32 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_capacity: 32 << 20, min_free_bytes: 256 << 20 }
+        Self { key_wrap: None, cache_capacity: 32 << 20, min_free_bytes: 256 << 20 }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("key_wrap", &self.key_wrap.as_ref().map(|k| k.describe()))
+            .field("cache_capacity", &self.cache_capacity)
+            .field("min_free_bytes", &self.min_free_bytes)
+            .finish()
     }
 }
 
@@ -150,6 +199,7 @@ struct Inner {
     batches: sled::Tree,
     batch_ids: sled::Tree,
     idempotency: sled::Tree,
+    data_keys: sled::Tree,
     pending: sled::Tree,
     results: sled::Tree,
     audit: sled::Tree,
@@ -158,6 +208,10 @@ struct Inner {
     keys: sled::Tree,
     /// The country's CSCAs as recorded at first start (SHA-256 hex → certificate DER).
     cscas: sled::Tree,
+    /// Unwrapped data keys of live batches, by seq.
+    key_cache: seal::KeyCache<u64>,
+    /// Data keys made ahead for new batches, once started ([`Store::start_key_stock`]).
+    key_stock: OnceLock<Arc<shred::KeyStock>>,
     /// The end of the audit chain; every appender holds it from transaction to flush.
     audit_head: Mutex<audit::AuditHead>,
     dir: PathBuf,
@@ -177,6 +231,14 @@ struct Inner {
     expired_unsigned: AtomicU64,
     /// Held for the life of the store; declared last so it is released after sled closed.
     _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(stock) = self.key_stock.get() {
+            stock.stop();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,8 +281,8 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(dir, e));
         let (batches, batch_ids, idempotency, pending, results) =
             (tree("batches")?, tree("batch_ids")?, tree("idempotency")?, tree("pending")?, tree("results")?);
-        let (audit, audit_checkpoints, keys, cscas) =
-            (tree("audit")?, tree("audit_checkpoints")?, tree("keys")?, tree("cscas")?);
+        let (audit, audit_checkpoints, keys, cscas, data_keys) =
+            (tree("audit")?, tree("audit_checkpoints")?, tree("keys")?, tree("cscas")?, tree("data_keys")?);
         let audit_head = audit::AuditHead::load(&audit)?;
         audit::index_checkpoints(&audit, &audit_checkpoints).map_err(|e| open_error(dir, e))?;
         // sled's log file, for the fsync sled's own flush leaves out (see `flush_db`).
@@ -254,12 +316,15 @@ impl Store {
                 batches,
                 batch_ids,
                 idempotency,
+                data_keys,
                 pending,
                 results,
                 audit,
                 audit_checkpoints,
                 keys,
                 cscas,
+                key_cache: seal::KeyCache::new(KEY_CACHE),
+                key_stock: OnceLock::new(),
                 audit_head: Mutex::new(audit_head),
                 dir: dir.to_path_buf(),
                 options,
@@ -420,9 +485,9 @@ impl Store {
     }
 }
 
-/// The wall clock, Unix seconds (audit entry times).
+/// The calendar clock, Unix seconds (audit entry times, tombstones): [`crate::clock`].
 fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    crate::clock::now_unix()
 }
 
 /// The segment size to open the store in `dir` with: the one it was created with (sled

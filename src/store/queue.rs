@@ -11,8 +11,10 @@ use sled::Transactional;
 use super::batches::abort;
 use super::layout::{self, BatchMeta, RecordKey, StoredState};
 use super::record::{RecordResult, WorkItem};
-use super::{Store, StoreError};
+use super::seal::{Context, DataKey, Purpose};
+use super::{Store, StoreError, shred};
 use crate::audit::{Event, SignedRecord};
+use zeroize::Zeroizing;
 
 /// This process's view of who works on what. Leases are not persisted: after a restart every
 /// record in `pending` is claimable again, which is what makes a crash between signing and
@@ -104,20 +106,24 @@ fn observe_commit(
     m.batches.with_label_values(&["done"]).inc_by(batches_done as u64);
 }
 
-/// A block value holding `entries`.
-fn encode_block(entries: &[(u8, &[u8])]) -> Result<Vec<u8>, StoreError> {
+/// A block value holding `entries`, sealed for `ctx`.
+fn seal_entries(key: &DataKey, ctx: &Context, entries: &[(u8, &[u8])]) -> Result<Vec<u8>, StoreError> {
     let mut block = layout::BlockWriter::with_capacity(entries.iter().map(|e| 5 + e.1.len()).sum());
     for &(offset, entry) in entries {
         block.push(offset, entry)?;
     }
-    Ok(block.finish())
+    // The plaintext block is wiped once sealed.
+    let plain = Zeroizing::new(block.finish());
+    shred::seal_block(key, ctx, &plain)
 }
 
 /// What a claim needs to know about a record's batch.
 struct BatchInfo {
     id: String,
+    raw_id: [u8; layout::BATCH_ID_LEN],
     issuer: String,
     created_at: i64,
+    key: Arc<DataKey>,
 }
 
 impl Store {
@@ -145,7 +151,11 @@ impl Store {
             }
             if let Some(v) = self.inner.pending.get(block.to_bytes()).map_err(|e| self.fail(e))? {
                 let want = |k: RecordKey| wanted.contains(&k);
-                self.take_block(block, &v, want, max, &mut batches, &mut leases, &mut out)?;
+                if let Err(e) = self.take_block(block, &v, want, max, &mut batches, &mut leases, &mut out) {
+                    // The batch's data key cannot be unwrapped now (HSM): offered again later.
+                    leases.retry.extend(wanted.iter().filter(|k| !out.iter().any(|w| w.key == **k)));
+                    return self.claim_stopped(leases, out, e);
+                }
             }
         }
         let mut rewound = false;
@@ -163,11 +173,15 @@ impl Store {
                 };
                 leases.cursor = Some(block.next_block());
                 let want = |k: RecordKey| k >= start;
-                if let Some(rest) =
-                    self.take_block(block, &v, want, max, &mut batches, &mut leases, &mut out)?
-                {
+                match self.take_block(block, &v, want, max, &mut batches, &mut leases, &mut out) {
                     // Full in the middle of a block: the next scan resumes inside it.
-                    leases.cursor = Some(rest);
+                    Ok(Some(rest)) => leases.cursor = Some(rest),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // The batch's data key cannot be unwrapped now (HSM): rescanned later.
+                        leases.cursor = Some(start.max(block));
+                        return self.claim_stopped(leases, out, e);
+                    }
                 }
             }
             // Safety net: with nothing leased and nothing found, yet records queued, a lease
@@ -186,6 +200,18 @@ impl Store {
         }
         self.inner.leased.store(leases.leased.len(), Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Ends a claim that met an error after leasing some records: those are handed out (the
+    /// error comes back at the next claim); with none, the error is returned.
+    fn claim_stopped(
+        &self,
+        leases: MutexGuard<'_, Leases>,
+        out: Vec<WorkItem>,
+        e: StoreError,
+    ) -> Result<Vec<WorkItem>, StoreError> {
+        self.inner.leased.store(leases.leased.len(), Ordering::Relaxed);
+        if out.is_empty() { Err(e) } else { Ok(out) }
     }
 
     /// Puts leased records back for another `claim` (a chunk that failed transiently, e.g. an
@@ -227,12 +253,20 @@ impl Store {
         for members in by_block.values_mut() {
             members.sort_by_key(|&i| lines[i].0);
         }
+        // Each batch's data key, unwrapped before the transaction (an HSM call at most once
+        // per batch); a batch without one was purged: its results are dropped.
+        let mut keys: BTreeMap<u64, Option<Arc<DataKey>>> = BTreeMap::new();
+        for block in by_block.keys() {
+            if let Entry::Vacant(slot) = keys.entry(block.batch_seq()) {
+                slot.insert(self.data_key(block.batch_seq())?);
+            }
+        }
         let inner = &self.inner;
         let now = super::unix_now();
         // Held until the flush returned: readers see this commit only once it is durable.
         let visible = inner.visibility.write().unwrap_or_else(PoisonError::into_inner);
         let mut head = self.audit_head_lock();
-        let (stats, new_head, applied) = (&inner.batches, &inner.pending, &inner.results, &inner.audit)
+        let (stats, new_head, applied, done) = (&inner.batches, &inner.pending, &inner.results, &inner.audit)
             .transaction(|(batches, pending, stored, audit)| {
                 let mut stats = CommitStats::default();
                 // (line index, when its batch was accepted), for the metrics after the flush.
@@ -259,15 +293,48 @@ impl Store {
                         };
                         slot.insert(meta);
                     }
-                    let Some(Some((meta, dirty))) = metas.get_mut(&seq) else {
+                    let (Some(Some((meta, dirty))), Some(Some(key))) = (metas.get_mut(&seq), keys.get(&seq))
+                    else {
                         stats.orphaned += members.len();
                         continue;
                     };
                     let k = block.to_bytes();
+                    let (pctx, rctx) = (
+                        shred::context(Purpose::Pending, &meta.id, *block),
+                        shred::context(Purpose::Results, &meta.id, *block),
+                    );
                     let (pending_v, stored_v) = (pending.get(&k[..])?, stored.get(&k[..])?);
-                    let decoded =
-                        pending_v.as_deref().map_or(Ok(Vec::new()), layout::decode_block).and_then(|p| {
-                            Ok((p, stored_v.as_deref().map_or(Ok(Vec::new()), layout::decode_block)?))
+                    let opened = pending_v
+                        .as_deref()
+                        .map(|v| shred::open_block(key, &pctx, v))
+                        .transpose()
+                        .and_then(|p| {
+                            Ok((
+                                p,
+                                stored_v.as_deref().map(|v| shred::open_block(key, &rctx, v)).transpose()?,
+                            ))
+                        });
+                    let (pending_plain, stored_plain) = match opened {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log::error!(
+                                "store: block {block} does not open, {} result(s) dropped: {e}",
+                                members.len()
+                            );
+                            stats.orphaned += members.len();
+                            continue;
+                        }
+                    };
+                    let decoded = pending_plain
+                        .as_deref()
+                        .map_or(Ok(Vec::new()), |p| layout::decode_block(p))
+                        .and_then(|p| {
+                            Ok((
+                                p,
+                                stored_plain
+                                    .as_deref()
+                                    .map_or(Ok(Vec::new()), |r| layout::decode_block(r))?,
+                            ))
                         });
                     let (mut queued, mut resolved) = match decoded {
                         Ok(d) => d,
@@ -322,17 +389,21 @@ impl Store {
                         if queued.is_empty() {
                             pending.remove(&k[..])?;
                         } else {
-                            pending.insert(&k[..], encode_block(&queued).map_err(abort)?)?;
+                            pending.insert(&k[..], seal_entries(key, &pctx, &queued).map_err(abort)?)?;
                         }
                     }
                     if resolved.len() != resolved_before {
-                        stored.insert(&k[..], encode_block(&resolved).map_err(abort)?)?;
+                        stored.insert(&k[..], seal_entries(key, &rctx, &resolved).map_err(abort)?)?;
                     }
                 }
                 let mut h = *head;
+                let mut done = Vec::new();
                 for (seq, meta) in &metas {
                     if let Some((meta, true)) = meta {
                         batches.insert(&layout::seq_key(*seq)[..], meta.encode().map_err(abort)?)?;
+                        if meta.state == StoredState::Done {
+                            done.push(*seq);
+                        }
                     }
                     if let (Some((meta, _)), Some(records)) = (meta, signed_by_batch.remove(seq)) {
                         let event = Event::Signed {
@@ -343,10 +414,14 @@ impl Store {
                         h.append(audit, now, event)?;
                     }
                 }
-                Ok((stats, h, applied))
+                Ok((stats, h, applied, done))
             })
             .map_err(|e| self.tx_error(e))?;
         self.flush_db()?;
+        // Signing is over for these: their keys leave memory (a download unwraps once more).
+        for seq in done {
+            self.evict_data_key(seq);
+        }
         self.publish_head(&mut head, new_head);
         drop(head);
         drop(visible);
@@ -423,7 +498,6 @@ impl Store {
         leases: &mut Leases,
         out: &mut Vec<WorkItem>,
     ) -> Result<Option<RecordKey>, StoreError> {
-        let entries = layout::decode_block(value);
         let seq = block.batch_seq();
         let info = match batches.get(&seq) {
             Some(info) => info.clone(),
@@ -432,13 +506,25 @@ impl Store {
                     None => None,
                     Some(v) => match BatchMeta::decode(&v) {
                         Ok(m) if m.state == StoredState::Deleting => None,
-                        Ok(m) => Some(Arc::new(BatchInfo {
-                            id: layout::batch_id_text(&m.id),
-                            issuer: m.issuer,
-                            created_at: m.created_at,
-                        })),
+                        Ok(m) => match self.data_key(seq)? {
+                            Some(key) => Some(Arc::new(BatchInfo {
+                                id: layout::batch_id_text(&m.id),
+                                raw_id: m.id,
+                                issuer: m.issuer,
+                                created_at: m.created_at,
+                                key,
+                            })),
+                            // Purged since its metadata was read (the key goes first): skip.
+                            None if !self.batch_is_live(seq)? => None,
+                            None => {
+                                let e =
+                                    StoreError::Corrupt(format!("batch {seq} has no data key to open it"));
+                                self.quarantine_block(block, None, leases, &e);
+                                return Ok(None);
+                            }
+                        },
                         Err(e) => {
-                            self.quarantine_block(block, entries.as_deref().ok(), leases, &e);
+                            self.quarantine_block(block, None, leases, &e);
                             return Ok(None);
                         }
                     },
@@ -449,7 +535,16 @@ impl Store {
         };
         // A batch being purged: its records are about to go.
         let Some(info) = info else { return Ok(None) };
-        let entries = match entries {
+        let opened =
+            shred::open_block(&info.key, &shred::context(Purpose::Pending, &info.raw_id, block), value);
+        let plain = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                self.quarantine_block(block, None, leases, &e);
+                return Ok(None);
+            }
+        };
+        let entries = match layout::decode_block(&plain) {
             Ok(entries) => entries,
             Err(e) => {
                 self.quarantine_block(block, None, leases, &e);
@@ -480,6 +575,14 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// Whether batch `seq` exists and is not being purged.
+    fn batch_is_live(&self, seq: u64) -> Result<bool, StoreError> {
+        Ok(match self.inner.batches.get(layout::seq_key(seq)).map_err(|e| self.fail(e))? {
+            Some(v) => BatchMeta::decode(&v).is_ok_and(|m| m.state != StoredState::Deleting),
+            None => false,
+        })
     }
 
     /// Sets aside the records of a block that cannot be used: those its readable `entries`

@@ -1,15 +1,19 @@
 //! Streaming a batch's results in record order, one JSON line at a time, without holding the
 //! batch in memory.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use super::layout;
-use super::{Store, StoreError};
+use super::seal::{DataKey, Purpose};
+use super::{Store, StoreError, shred};
 
 /// The committed results of one batch, in record order: each item is one JSON object (no
 /// newline). Lazily reads sled; `Send`, so it can be drained on a blocking thread.
 pub struct ResultIter {
     iter: sled::Iter,
+    /// The batch's data key and id, to open each block.
+    key: Arc<DataKey>,
+    batch: [u8; layout::BATCH_ID_LEN],
     /// The rest of the block read last (results are stored a block of records per value).
     block: std::vec::IntoIter<Vec<u8>>,
     store: Store,
@@ -23,9 +27,19 @@ impl Store {
     /// flushed to disk.
     pub fn results(&self, issuer_id: &str, batch_id: &str) -> Result<Option<ResultIter>, StoreError> {
         self.ensure_ok()?;
-        let Some((seq, _)) = self.lookup(issuer_id, batch_id)? else { return Ok(None) };
+        let Some((seq, meta)) = self.lookup(issuer_id, batch_id)? else { return Ok(None) };
+        // A live batch always has its key; without one it was purged meanwhile (the key goes
+        // first), or its results cannot be opened.
+        let Some(key) = self.data_key(seq)? else {
+            if self.lookup(issuer_id, batch_id)?.is_none() {
+                return Ok(None);
+            }
+            return Err(StoreError::Corrupt(format!("batch {seq} has no data key to open its results")));
+        };
         Ok(Some(ResultIter {
             iter: self.inner.results.scan_prefix(layout::seq_key(seq)),
+            key,
+            batch: meta.id,
             block: Vec::new().into_iter(),
             store: self.clone(),
             failed: false,
@@ -52,14 +66,25 @@ impl Iterator for ResultIter {
             let visible = self.store.inner.visibility.read().unwrap_or_else(PoisonError::into_inner);
             let item = self.iter.next();
             drop(visible);
-            let value = match item? {
-                Ok((_, v)) => v,
+            let (k, value) = match item? {
+                Ok(kv) => kv,
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(self.store.fail(e)));
                 }
             };
-            match layout::decode_block(&value) {
+            let opened = layout::RecordKey::from_bytes(&k).and_then(|block| {
+                shred::open_block(&self.key, &shred::context(Purpose::Results, &self.batch, block), &value)
+            });
+            let plain = match opened {
+                Ok(p) => p,
+                Err(e) => {
+                    self.failed = true;
+                    log::error!("store: a block of results does not open: {e}");
+                    return Some(Err(e));
+                }
+            };
+            match layout::decode_block(&plain) {
                 Ok(entries) => {
                     let lines: Vec<Vec<u8>> = entries.into_iter().map(|(_, line)| line.to_vec()).collect();
                     self.block = lines.into_iter();

@@ -46,7 +46,7 @@ where
     let submitted = blocking(move || {
         let req = parse_batch(&body, st.limits.max_batch_records)?;
         let records = req.new_records();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now = crate::clock::now_unix();
         st.store.submit(&issuer, req.idempotency_key.as_deref(), &records, now).map_err(store_error)
     })
     .await??;
@@ -58,10 +58,14 @@ where
             "batch accepted"
         );
     }
+    // A replay answers the batch as it stands, not as it was accepted.
+    let status = &submitted.status;
     let body = serde_json::json!({
         "batch_id": submitted.batch_id,
-        "state": "queued",
+        "state": status.state.as_str(),
         "records": submitted.total,
+        "signed": status.signed,
+        "rejected": status.rejected,
         "replayed": !submitted.created,
     });
     let mut r = json(StatusCode::ACCEPTED, &body);
@@ -76,6 +80,26 @@ where
 /// Free space below the reserve (or the floor) is `store_full`: the store goes on and accepts
 /// batches again once space is freed, no restart. A store that stopped is `store_unavailable`.
 pub fn store_error(e: StoreError) -> ApiError {
+    match &e {
+        StoreError::IdempotencyConflict => {
+            return ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string());
+        }
+        StoreError::BatchDeleted { .. } => {
+            return ApiError::new(StatusCode::GONE, "batch_deleted", e.to_string());
+        }
+        // The HSM cannot wrap a new batch's data key (away, re-initialising) and the stock
+        // made ahead is used up: an outage of the HSM, not of the store.
+        StoreError::Seal(s) if s.is_transient() => {
+            log::warn!("store: {e}");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hsm_unavailable",
+                format!("cannot accept a batch now: {e}"),
+            )
+            .retry_after(5);
+        }
+        _ => {}
+    }
     if let StoreError::BelowReserve { .. } | StoreError::BelowFloor { .. } = e {
         // Logged by the store (a refused batch) or the pipeline (paused signing).
         return ApiError::new(

@@ -33,6 +33,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Limit, Slot};
 
+mod kek;
 mod objects;
 mod rv;
 mod supervisor;
@@ -403,6 +404,29 @@ impl Backend for Pkcs11Backend {
             }
             Err(e) => PendingSignatures::ready(Err(e)),
         }
+    }
+
+    fn generate_kek(&self, label: &str) -> Result<(), Error> {
+        let label = label.to_string();
+        self.inner().call(Kind::Admin, "generate KEK", 4, move |s, ctx| ctx.generate_kek(s, &label))
+    }
+
+    fn find_kek(&self, label: &str) -> Result<(), Error> {
+        let label = label.to_string();
+        self.inner().call(Kind::Admin, "find KEK", 3, move |s, ctx| ctx.kek(s, &label).map(|_| ()))
+    }
+
+    fn wrap_data_key(&self, kek_label: &str, key: &[u8]) -> Result<Vec<u8>, Error> {
+        let (label, key) = (kek_label.to_string(), zeroize::Zeroizing::new(key.to_vec()));
+        // On the admin session, like key generation: SoftHSM2 is not reliable when objects are
+        // created in one session while another generates token keys.
+        self.inner().call(Kind::Admin, "wrap data key", 5, move |s, ctx| ctx.wrap_data_key(s, &label, &key))
+    }
+
+    fn unwrap_data_key(&self, kek_label: &str, wrapped: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let (label, wrapped) = (kek_label.to_string(), wrapped.to_vec());
+        self.inner()
+            .call(Kind::Admin, "unwrap data key", 5, move |s, ctx| ctx.unwrap_data_key(s, &label, &wrapped))
     }
 
     fn health(&self) -> Result<(), Error> {

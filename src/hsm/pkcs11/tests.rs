@@ -169,3 +169,78 @@ fn protection_names_each_wrong_attribute() {
         "key \"dsc-x\" is refused: CKA_PRIVATE is not reported by the module (it must be true)"
     );
 }
+
+/// The store's KEK on a real token: generated with exactly the protective attributes, data
+/// keys round-trip through C_WrapKey/C_UnwrapKey (RFC 5649) without leaving token objects, a
+/// damaged or foreign wrapped key is refused, and a look-alike KEK made outside the appliance
+/// (extractable, or allowed to encrypt) is refused naming the attribute.
+#[test]
+fn the_kek_wraps_only_and_refuses_weaker_look_alikes() {
+    with_softhsm_token("hsm::pkcs11::tests::the_kek_wraps_only_and_refuses_weaker_look_alikes", |cfg| {
+        use super::super::Hsm;
+        let backend = Pkcs11Backend::open(&cfg).expect("open the token");
+        let hsm = Hsm::from_backend(backend.clone());
+        assert!(matches!(hsm.find_kek("kek"), Err(Error::KekNotFound { .. })));
+        hsm.generate_kek("kek").expect("generate the KEK");
+        hsm.find_kek("kek").expect("the KEK passes its own checks");
+        assert!(matches!(hsm.generate_kek("kek"), Err(Error::KeyExists { .. })), "never a second one");
+        let key = [0x5a_u8; 32];
+        let wrapped = hsm.wrap_data_key("kek", &key).expect("wrap");
+        assert_eq!(wrapped.len(), 40, "RFC 5649 of 32 bytes");
+        assert!(!wrapped.windows(8).any(|w| w == [0x5a; 8]), "not in clear");
+        assert_eq!(hsm.unwrap_data_key("kek", &wrapped).expect("unwrap").as_slice(), &key);
+        let mut bad = wrapped.clone();
+        bad[3] ^= 1;
+        let e = hsm.unwrap_data_key("kek", &bad);
+        assert!(matches!(e, Err(Error::Refused { .. })), "a damaged key: {e:?}");
+
+        // What the token holds: the KEK only, as a token object; the data keys left nothing.
+        let (secret, kek) = backend
+            .inner()
+            .call(Kind::Admin, "inspect", 4, |s, _| {
+                let all = s
+                    .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+                    .map_err(|e| ck_error("find", &e))?;
+                let attrs = s
+                    .get_attributes(
+                        all[0],
+                        &[AttributeType::Token, AttributeType::Extractable, AttributeType::Local],
+                    )
+                    .map_err(|e| ck_error("attrs", &e))?;
+                Ok((all.len(), attrs))
+            })
+            .expect("inspect");
+        assert_eq!(secret, 1, "no data key stayed on the token");
+        assert!(kek.contains(&Attribute::Token(true)) && kek.contains(&Attribute::Extractable(false)));
+        assert!(kek.contains(&Attribute::Local(true)));
+
+        // Look-alikes made outside the appliance are refused, naming what is wrong.
+        for (label, weak, attribute) in [
+            ("weak-extractable", Attribute::Extractable(true), "CKA_EXTRACTABLE"),
+            ("weak-encrypt", Attribute::Encrypt(true), "CKA_ENCRYPT"),
+        ] {
+            let label_bytes = label.as_bytes().to_vec();
+            backend
+                .inner()
+                .call(Kind::Admin, "plant", 2, move |s, _| {
+                    let mut template = vec![
+                        Attribute::Class(ObjectClass::SECRET_KEY),
+                        Attribute::KeyType(KeyType::AES),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Wrap(true),
+                        Attribute::Unwrap(true),
+                        Attribute::Label(label_bytes),
+                    ];
+                    template.push(weak);
+                    s.generate_key(&Mechanism::AesKeyGen, &template).map_err(|e| ck_error("plant", &e))
+                })
+                .expect("plant a look-alike");
+            let e = hsm.find_kek(label).expect_err("a weaker KEK is refused");
+            assert!(matches!(e, Error::UnsafeKek { .. }) && e.to_string().contains(attribute), "{e}");
+            assert!(hsm.wrap_data_key(label, &key).is_err(), "and never used");
+        }
+    });
+}
