@@ -5,6 +5,7 @@
 
 use zeroize::Zeroizing;
 
+use super::objects::bool_attr;
 use super::*;
 
 /// What a KEK must be, attribute by attribute: found or generated, anything else is refused.
@@ -167,21 +168,4 @@ impl Ctx<'_> {
             }),
         }
     }
-}
-
-fn bool_attr(attrs: &[Attribute], ty: AttributeType) -> Option<bool> {
-    attrs.iter().find_map(|a| match (a, ty) {
-        (Attribute::Sensitive(v), AttributeType::Sensitive)
-        | (Attribute::Extractable(v), AttributeType::Extractable)
-        | (Attribute::NeverExtractable(v), AttributeType::NeverExtractable)
-        | (Attribute::Local(v), AttributeType::Local)
-        | (Attribute::Wrap(v), AttributeType::Wrap)
-        | (Attribute::Unwrap(v), AttributeType::Unwrap)
-        | (Attribute::Encrypt(v), AttributeType::Encrypt)
-        | (Attribute::Decrypt(v), AttributeType::Decrypt)
-        | (Attribute::Sign(v), AttributeType::Sign)
-        | (Attribute::Verify(v), AttributeType::Verify)
-        | (Attribute::Derive(v), AttributeType::Derive) => Some(*v),
-        _ => None,
-    })
 }

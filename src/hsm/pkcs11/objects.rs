@@ -305,21 +305,7 @@ const PROTECTION: [AttributeType; 10] = [
 /// message per attribute; empty when it is fit. An attribute the module does not report counts
 /// as wrong, except CKA_SIGN_RECOVER, which not every module knows for EC keys.
 pub(super) fn protection_faults(attrs: &[Attribute]) -> Vec<String> {
-    let get = |t: AttributeType| {
-        attrs.iter().find_map(|a| match (t, a) {
-            (AttributeType::Private, Attribute::Private(v))
-            | (AttributeType::Sensitive, Attribute::Sensitive(v))
-            | (AttributeType::Extractable, Attribute::Extractable(v))
-            | (AttributeType::NeverExtractable, Attribute::NeverExtractable(v))
-            | (AttributeType::Local, Attribute::Local(v))
-            | (AttributeType::Sign, Attribute::Sign(v))
-            | (AttributeType::Decrypt, Attribute::Decrypt(v))
-            | (AttributeType::Unwrap, Attribute::Unwrap(v))
-            | (AttributeType::Derive, Attribute::Derive(v))
-            | (AttributeType::SignRecover, Attribute::SignRecover(v)) => Some(*v),
-            _ => None,
-        })
-    };
+    let get = |t: AttributeType| bool_attr(attrs, t);
     let rules: [(AttributeType, &str, bool, &str); 10] = [
         (
             AttributeType::Private,
@@ -399,4 +385,24 @@ fn read_public_key(s: &Session, public: ObjectHandle) -> Result<p256::PublicKey,
     };
     p256::PublicKey::from_sec1_bytes(raw)
         .map_err(|_| ReadPoint::Bad("CKA_EC_POINT is not a valid P-256 point".into()))
+}
+
+/// The value of a boolean attribute of type `ty` among `attrs`, if the module reported it.
+pub(super) fn bool_attr(attrs: &[Attribute], ty: AttributeType) -> Option<bool> {
+    attrs.iter().find_map(|a| match (ty, a) {
+        (AttributeType::Private, Attribute::Private(v))
+        | (AttributeType::Sensitive, Attribute::Sensitive(v))
+        | (AttributeType::Extractable, Attribute::Extractable(v))
+        | (AttributeType::NeverExtractable, Attribute::NeverExtractable(v))
+        | (AttributeType::Local, Attribute::Local(v))
+        | (AttributeType::Sign, Attribute::Sign(v))
+        | (AttributeType::SignRecover, Attribute::SignRecover(v))
+        | (AttributeType::Verify, Attribute::Verify(v))
+        | (AttributeType::Encrypt, Attribute::Encrypt(v))
+        | (AttributeType::Decrypt, Attribute::Decrypt(v))
+        | (AttributeType::Wrap, Attribute::Wrap(v))
+        | (AttributeType::Unwrap, Attribute::Unwrap(v))
+        | (AttributeType::Derive, Attribute::Derive(v)) => Some(*v),
+        _ => None,
+    })
 }
