@@ -64,8 +64,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
     // Before anything is accepted: a store whose KEK is gone must not start (exit 78).
     kek::ensure(&hsm, &store, &config.store.kek_label).map_err(|e| Error::Config(e.to_string()))?;
-    // Batches are then accepted without an HSM call, and during an HSM outage (see the store).
-    store.start_key_stock().map_err(|e| Error::Config(format!("store: {e}")))?;
     // Pinned: made (and its public half written) only at the first start, checked at every
     // later one. An empty log means no start ever got past this point on this store.
     let audit = AuditSigner::open_pinned(
@@ -109,6 +107,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         policy: signing_policy(&config, value_sets)?,
     };
     let service = SigningService { hsm, keyring, settings: Arc::new(settings) };
+    // Only once every start-up check has passed: a refused start (exit 78) must not race a
+    // background thread inside the PKCS#11 module as the process exits. From here batches are
+    // accepted without an HSM call, and during an HSM outage (see the store).
+    store.start_key_stock().map_err(|e| Error::Config(format!("store: {e}")))?;
     let defaults = PipelineConfig::default();
     let pipeline = Pipeline::start(
         store.clone(),
