@@ -10,31 +10,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use daemon::{BIN, Daemon, records, wait_done};
+use daemon::{BIN, Daemon, audit_verify, copy_dir, records, wait_done};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-/// Runs `hcert-signer audit verify` with `args`; returns (exit success, the JSON line).
-fn audit_verify(args: &[&std::ffi::OsStr]) -> (bool, Value) {
-    let out = Command::new(BIN).args(["audit", "verify"]).args(args).output().expect("audit verify");
-    let line: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    });
-    (out.status.success(), line)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
 
 /// sled opened directly on a store directory (with the store's segment size, which sled
 /// requires to match).
@@ -113,7 +91,7 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
 
     // The real run verifies, and counts every signature.
     let config = d.path().join("config.toml");
-    let (ok, report) = audit_verify(&["--config".as_ref(), config.as_os_str()]);
+    let (ok, report, _) = audit_verify(&["--config".as_ref(), config.as_os_str()]);
     assert!(ok, "{report}");
     assert_eq!(report["summary"]["signatures"], 603, "{report}");
     assert_eq!(report["summary"]["unanchored"], 0, "a checkpoint is written at shutdown: {report}");
@@ -146,14 +124,14 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
         new.extend_from_slice(text.as_bytes());
         t.insert(key(target), new).unwrap();
     });
-    let (ok, report) = check(&edited);
+    let (ok, report, _) = check(&edited);
     assert!(!ok);
     assert_eq!(report["entry"], target, "{report}");
 
     let deleted = tampered(&state, "deleted", |t| {
         t.remove(key(target)).unwrap().unwrap();
     });
-    let (ok, report) = check(&deleted);
+    let (ok, report, _) = check(&deleted);
     assert!(!ok);
     assert_eq!(report["entry"], target, "{report}");
     assert!(report["error"].as_str().unwrap().contains("missing"), "{report}");
@@ -164,7 +142,7 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
         t.insert(key(target), b).unwrap();
         t.insert(key(target + 1), a).unwrap();
     });
-    let (ok, report) = check(&swapped);
+    let (ok, report, _) = check(&swapped);
     assert!(!ok);
     assert_eq!(report["entry"], target, "{report}");
 
@@ -172,7 +150,7 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
     let truncated = tampered(&state, "truncated", |t| {
         t.remove(key(entries)).unwrap().unwrap();
     });
-    let (ok, report) = check(&truncated);
+    let (ok, report, _) = check(&truncated);
     assert!(ok, "{report}");
     assert!(report["summary"]["unanchored"].as_u64().unwrap() > 0, "{report}");
 

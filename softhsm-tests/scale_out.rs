@@ -8,10 +8,9 @@ mod daemon;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, records, verify_all, wait_done};
+use daemon::{Daemon, Haproxy, free_port, records, verify_all, wait_done};
 use hcert_signer::client::ApiClient;
 use hcert_signer::hcert::TrustList;
 use serde_json::{Value, json};
@@ -19,19 +18,6 @@ use serde_json::{Value, json};
 /// Where the test's issuer fetches from the nodes directly (any loopback address but the
 /// balancer's).
 const ISSUER_HOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 4));
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_appliances_behind_haproxy_share_the_batches() {
@@ -52,20 +38,7 @@ async fn two_appliances_behind_haproxy_share_the_batches() {
     n2.wait_ready(Duration::from_secs(60));
 
     let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = std::fs::File::create(n1.path().join("haproxy.log")).unwrap();
-    let _haproxy = Haproxy(
-        Command::new("haproxy")
-            .args(["-db", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/scale-out/haproxy.cfg")])
-            .env("HCERT_LB_BIND", lb.to_string())
-            .env("HCERT_NODE1_API", n1.listen.to_string())
-            .env("HCERT_NODE1_OPS", n1.ops.port().to_string())
-            .env("HCERT_NODE2_API", n2.listen.to_string())
-            .env("HCERT_NODE2_OPS", n2.ops.port().to_string())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("haproxy (Debian package haproxy)"),
-    );
+    let _haproxy = Haproxy::start(lb, [&n1, &n2], &n1.path().join("haproxy.log"));
     let tls = n1.tls("issuer");
     // Up when HAProxy answers with a backend behind it.
     let start = Instant::now();

@@ -129,6 +129,14 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon on a configuration it must refuse: asserts it exits 78 (configuration
+    /// error) by itself and returns its log.
+    pub fn start_refused(&mut self) -> String {
+        self.spawn();
+        assert_eq!(self.wait_exit(Duration::from_secs(60)), Some(78), "{}", self.log_text());
+        self.log_text()
+    }
+
     /// SIGKILL, as a power cut would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -259,4 +267,73 @@ pub fn verify_all(trust_list: &str, hc1s: &[String]) -> (bool, Vec<Value>) {
         .map(|l| serde_json::from_str(l).expect("report"))
         .collect();
     (out.status.success(), reports)
+}
+
+/// A free TCP port on loopback (for a listener the test starts after this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// Copies a directory tree (a snapshot of a store, as someone with a copy of the disk has).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for e in std::fs::read_dir(from).expect("read directory") {
+        let e = e.expect("directory entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy file");
+        }
+    }
+}
+
+/// HAProxy running the shipped `scale-out/haproxy.cfg`; killed when dropped.
+pub struct Haproxy(Child);
+
+impl Haproxy {
+    /// Starts it listening on `lb`, its two server lines naming `nodes` (the same daemon twice
+    /// for a single node), its log in `log`.
+    pub fn start(lb: SocketAddr, nodes: [&Daemon; 2], log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("haproxy log");
+        Self(
+            Command::new("haproxy")
+                .args(["-db", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/scale-out/haproxy.cfg")])
+                .env("HCERT_LB_BIND", lb.to_string())
+                .env("HCERT_NODE1_API", nodes[0].listen.to_string())
+                .env("HCERT_NODE1_OPS", nodes[0].ops.port().to_string())
+                .env("HCERT_NODE2_API", nodes[1].listen.to_string())
+                .env("HCERT_NODE2_OPS", nodes[1].ops.port().to_string())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("haproxy (Debian package haproxy)"),
+        )
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `hcert-signer audit verify` with `args`: (exit success, its JSON report, stderr).
+pub fn audit_verify(args: &[&std::ffi::OsStr]) -> (bool, Value, String) {
+    let out = Command::new(BIN).args(["audit", "verify"]).args(args).output().expect("audit verify");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}{stderr}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), report, stderr)
+}
+
+impl Daemon {
+    /// The signatures the stopped daemon's audit log holds; asserts the chain verifies.
+    pub fn audited_signatures(&self) -> u64 {
+        let config = self.path().join("config.toml");
+        let (ok, report, _) = audit_verify(&["--config".as_ref(), config.as_os_str()]);
+        assert!(ok && report["ok"] == true, "the audit log verifies: {report}");
+        report["summary"]["signatures"].as_u64().expect("signature count")
+    }
 }

@@ -11,32 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::daemon::{BIN, Daemon, records};
-
-/// Runs `hcert-signer audit verify` with `args`: (exit success, the JSON line, stderr).
-fn audit_verify(args: &[&std::ffi::OsStr]) -> (bool, Value, String) {
-    let out = Command::new(BIN).args(["audit", "verify"]).args(args).output().expect("audit verify");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let line: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}{stderr}", String::from_utf8_lossy(&out.stdout)));
-    (out.status.success(), line, stderr)
-}
+use super::daemon::{BIN, Daemon, audit_verify, copy_dir, records};
 
 fn os(p: &Path) -> &std::ffi::OsStr {
     p.as_os_str()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// Cuts the store in `dir` back to entry `keep` with sled directly, as someone with the disk

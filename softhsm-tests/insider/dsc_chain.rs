@@ -189,9 +189,7 @@ async fn a_rogue_csca_added_to_the_configuration_after_the_first_start_stops_the
     let (rogue, rogue_pem) = rogue_csca();
     std::fs::write(d.path().join("rogue-csca.pem"), rogue_pem).expect("write");
     d.append_config("\n[[signing.csca]]\ncertificate = \"rogue-csca.pem\"\n");
-    d.spawn();
-    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(78), "{}", d.log_text());
-    let log = d.log_text();
+    let log = d.start_refused();
     assert!(log.contains("in [[signing.csca]] is not one this store was set up with"), "{log}");
     assert!(log.contains("never by editing config.toml"), "{log}");
 

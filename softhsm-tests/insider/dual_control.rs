@@ -47,6 +47,13 @@ pub(crate) fn pkcs11_tool(d: &Daemon, args: &[&str]) -> Output {
     out
 }
 
+/// Generates a P-256 sign-usage key pair on the token with `pkcs11-tool`, as an administrator
+/// could; `flags` are the attribute flags on top (`--sensitive`, `--extractable`, …).
+fn keypair_on_token(d: &Daemon, label: &str, id: &str, flags: &[&str]) {
+    let base = ["--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", id, "--usage-sign"];
+    pkcs11_tool(d, &[&base[..], flags].concat());
+}
+
 /// The development CSCA as an rcgen issuer (the test plays the country's CSCA, which certifies
 /// what it is given).
 pub(crate) fn csca_issuer(d: &Daemon) -> rcgen::Issuer<'static, rcgen::KeyPair> {
@@ -202,27 +209,10 @@ async fn a_key_made_extractable_outside_the_appliance_is_refused_at_first_start(
     let before = std::fs::read_to_string(d.path().join("config.toml")).expect("config");
     // The administrator makes a key pair with the token's own tool, extractable, gets it a
     // genuine certificate from the CSCA and lists it for the fresh store's bootstrap.
-    pkcs11_tool(
-        &d,
-        &[
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            "dsc-x",
-            "--id",
-            "a1a1",
-            "--usage-sign",
-            "--extractable",
-            "--sensitive",
-            "--private",
-        ],
-    );
+    keypair_on_token(&d, "dsc-x", "a1a1", &["--extractable", "--sensitive", "--private"]);
     let pem = certify_spki(&d, &read_public_key(&d, "dsc-x"), "DSC VN X");
     list_in_config(&d, "dsc-x", &pem);
-    d.spawn();
-    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(78), "{}", d.log_text());
-    let log = d.log_text();
+    let log = d.start_refused();
     assert!(log.contains("key \"dsc-x\" is refused"), "{log}");
     assert!(
         log.contains(
@@ -264,9 +254,7 @@ async fn a_key_imported_onto_the_token_is_refused_at_first_start() {
     }
     let pem = certify_spki(&d, &key.subject_public_key_info(), "DSC VN IMPORTED");
     list_in_config(&d, "dsc-imported", &pem);
-    d.spawn();
-    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(78), "{}", d.log_text());
-    let log = d.log_text();
+    let log = d.start_refused();
     assert!(log.contains("key \"dsc-imported\" is refused"), "{log}");
     assert!(log.contains("CKA_LOCAL is false (it was not generated on the token but imported"), "{log}");
     nothing_changed(&mut d, &before, "dsc-imported").await;
@@ -283,26 +271,10 @@ async fn a_dsc_added_to_the_configuration_after_the_first_start_stops_the_start(
 
     // A key fit in every attribute, generated on the token, certified by the real CSCA: only
     // the two officers are missing, and the configuration is not a way around them.
-    pkcs11_tool(
-        &d,
-        &[
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            "dsc-sneak",
-            "--id",
-            "c3c3",
-            "--usage-sign",
-            "--sensitive",
-            "--private",
-        ],
-    );
+    keypair_on_token(&d, "dsc-sneak", "c3c3", &["--sensitive", "--private"]);
     let pem = certify_spki(&d, &read_public_key(&d, "dsc-sneak"), "DSC VN SNEAK");
     list_in_config(&d, "dsc-sneak", &pem);
-    d.spawn();
-    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(78), "{}", d.log_text());
-    let log = d.log_text();
+    let log = d.start_refused();
     assert!(log.contains("key \"dsc-sneak\" in [[signing.dsc]] is not known to the store"), "{log}");
     assert!(log.contains("`hcert-signer keys`"), "{log}");
 
@@ -459,19 +431,7 @@ async fn an_upload_key_made_with_the_tokens_defaults_is_refused_at_start() {
     let before = std::fs::read_to_string(&config).expect("config");
     // The gateway upload key swapped for one made with pkcs11-tool: sign usage asked for, but
     // the token's defaults leave decrypt and unwrap on.
-    pkcs11_tool(
-        &d,
-        &[
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--label",
-            "upload-x",
-            "--id",
-            "d4d4",
-            "--usage-sign",
-        ],
-    );
+    keypair_on_token(&d, "upload-x", "d4d4", &[]);
     let pem = certify_spki(&d, &read_public_key(&d, "upload-x"), "VN UPLOAD X");
     let cert = d.path().join("dsc").join("upload-x.pem");
     std::fs::write(&cert, pem).expect("write certificate");
@@ -484,9 +444,7 @@ async fn an_upload_key_made_with_the_tokens_defaults_is_refused_at_start() {
         &before[end..]
     );
     std::fs::write(&config, swapped).expect("write config");
-    d.spawn();
-    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(78), "{}", d.log_text());
-    let log = d.log_text();
+    let log = d.start_refused();
     assert!(log.contains("key \"upload-x\" is refused"), "{log}");
     assert!(log.contains("CKA_DECRYPT is true (it may also decrypt; a signing key must only sign)"), "{log}");
 

@@ -4,31 +4,17 @@
 //! refused, never signed again. Driven by an issuer (or someone with its credentials) through
 //! the real daemon.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::daemon::{BIN, Daemon, records, wait_done};
+use crate::daemon::{Daemon, records, wait_done};
 
 fn ndjson(body: &[u8]) -> Vec<Value> {
     body.split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_slice(l).expect("line"))
         .collect()
-}
-
-/// The signatures the audit log holds (`audit verify` on the stopped daemon's store).
-fn audited_signatures(d: &Daemon) -> u64 {
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--config"])
-        .arg(d.path().join("config.toml"))
-        .output()
-        .expect("audit verify");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success() && report["ok"] == true, "the audit log verifies: {report}");
-    report["summary"]["signatures"].as_u64().expect("signature count")
 }
 
 /// The `hcert_batches_total{event="accepted"}` counter.
@@ -148,7 +134,7 @@ async fn a_retry_after_delete_is_gone_and_never_signed_again() {
     assert_eq!(r.status, 410, "{:?}", r.body);
     assert_eq!(accepted_batches(&d), accepted);
     assert_eq!(d.terminate(), Some(0));
-    assert_eq!(audited_signatures(&d), 12);
+    assert_eq!(d.audited_signatures(), 12);
 
     d.spawn();
     d.wait_ready(Duration::from_secs(60));
@@ -158,7 +144,7 @@ async fn a_retry_after_delete_is_gone_and_never_signed_again() {
     // Nothing was queued by the retries: the daemon stops with nothing signed since.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(d.terminate(), Some(0));
-    assert_eq!(audited_signatures(&d), 12, "nothing signed again");
+    assert_eq!(d.audited_signatures(), 12, "nothing signed again");
 }
 
 /// Retention purges the batch; the retry is 410 for the retention period after the purge, then
@@ -183,7 +169,7 @@ async fn a_retry_after_retention_is_gone_until_the_tombstone_expires() {
     assert_eq!(r.status, 410, "{:?}", r.body);
     assert_eq!(error_code(&r), "batch_deleted");
     assert_eq!(d.terminate(), Some(0));
-    assert_eq!(audited_signatures(&d), 5, "nothing signed again");
+    assert_eq!(d.audited_signatures(), 5, "nothing signed again");
 
     // A retention period after the purge, the tombstone goes too.
     d.set_clock_offset(16 * day);

@@ -9,31 +9,17 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hcert_signer::client::ApiClient;
 
-use crate::daemon::{Daemon, ops_get};
+use crate::daemon::{Daemon, Haproxy, free_port, ops_get};
 
 const STALLER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const GOOD: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 const STALLED: usize = 400;
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A daemon that takes PROXY headers from 127.0.0.1 only.
 fn daemon() -> Daemon {
@@ -42,25 +28,6 @@ fn daemon() -> Daemon {
     d.spawn();
     d.wait_ready(Duration::from_secs(60));
     d
-}
-
-/// The shipped configuration, only its addresses and ports set: both server lines name the
-/// one daemon.
-fn haproxy(d: &Daemon, lb: SocketAddr) -> Haproxy {
-    let log = std::fs::File::create(d.path().join("haproxy.log")).unwrap();
-    Haproxy(
-        Command::new("haproxy")
-            .args(["-db", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/scale-out/haproxy.cfg")])
-            .env("HCERT_LB_BIND", lb.to_string())
-            .env("HCERT_NODE1_API", d.listen.to_string())
-            .env("HCERT_NODE1_OPS", d.ops.port().to_string())
-            .env("HCERT_NODE2_API", d.listen.to_string())
-            .env("HCERT_NODE2_OPS", d.ops.port().to_string())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("haproxy (Debian package haproxy)"),
-    )
 }
 
 /// A counter's value on the daemon's metrics (0 when absent).
@@ -113,7 +80,7 @@ const CLIENT_HELLO_START: &[u8] = &[0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x
 async fn stalled_handshakes_of_one_client_do_not_lock_out_another_behind_the_balancer() {
     let d = daemon();
     let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _haproxy = haproxy(&d, lb);
+    let _haproxy = Haproxy::start(lb, [&d, &d], &d.path().join("haproxy.log"));
     let tls = d.tls("issuer");
     let start = Instant::now();
     loop {

@@ -111,6 +111,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // background thread inside the PKCS#11 module as the process exits. From here batches are
     // accepted without an HSM call, and during an HSM outage (see the store).
     store.start_key_stock().map_err(|e| Error::Config(format!("store: {e}")))?;
+    // Dropped before the HSM (declared after it), on every way out of this function.
+    let _stock = KeyStockGuard(&store);
     let defaults = PipelineConfig::default();
     let pipeline = Pipeline::start(
         store.clone(),
@@ -185,6 +187,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     store.flush().map_err(|e| Error::Io(std::io::Error::other(format!("store flush: {e}"))))?;
     log::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the store's data-key stock, joining its thread, when dropped: the thread may be
+/// inside the PKCS#11 module, which must not be finalized, nor the process exit, under it.
+struct KeyStockGuard<'a>(&'a crate::store::Store);
+
+impl Drop for KeyStockGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stop_key_stock();
+    }
 }
 
 /// Listening sockets handed over by systemd (socket activation, `LISTEN_FDS`).

@@ -95,6 +95,14 @@ impl Store {
         Ok(())
     }
 
+    /// Stops the stock and waits for its thread, so that no HSM call is in flight: the daemon
+    /// calls it before the HSM is closed, on every way out. New batches then wrap their own key.
+    pub fn stop_key_stock(&self) {
+        if let Some(stock) = self.inner.key_stock.get() {
+            stock.stop();
+        }
+    }
+
     /// Data keys made ahead and waiting for new batches (for tests and metrics).
     pub fn stocked_data_keys(&self) -> usize {
         self.inner.key_stock.get().map_or(0, |s| s.lock().len())
@@ -156,6 +164,9 @@ pub(super) struct KeyStock {
     wanted: Condvar,
     size: usize,
     stop: AtomicBool,
+    /// Joined by [`KeyStock::stop`]: the thread may be inside the PKCS#11 module, which must
+    /// not be finalized (or the process exit) under it.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl KeyStock {
@@ -166,13 +177,13 @@ impl KeyStock {
             wanted: Condvar::new(),
             size,
             stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
         });
         let s = stock.clone();
-        let spawned =
-            std::thread::Builder::new().name("store-keys".into()).spawn(move || s.run(kek.as_ref()));
-        if let Err(e) = spawned {
+        match std::thread::Builder::new().name("store-keys".into()).spawn(move || s.run(kek.as_ref())) {
+            Ok(handle) => *stock.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle),
             // Not fatal: every batch then wraps its own key when it arrives.
-            log::error!("store: cannot start the data key stock ({e}); keys are wrapped per batch");
+            Err(e) => log::error!("store: cannot start the data key stock ({e}); keys are wrapped per batch"),
         }
         stock
     }
@@ -184,11 +195,21 @@ impl KeyStock {
         made
     }
 
-    /// Ends the thread (the store is closing).
+    /// Ends the thread and waits for it (the store is closing): at most one wrap in flight.
+    /// Idempotent; the unused keys are zeroized.
     pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.lock().clear();
         self.wanted.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+            && handle.join().is_err()
+        {
+            log::error!("store: the data key stock thread panicked");
+        }
+        // A key the thread pushed between the clear and its last check of the flag.
+        self.lock().clear();
     }
 
     fn run(&self, kek: &dyn seal::KeyWrap) {

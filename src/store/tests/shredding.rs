@@ -208,3 +208,59 @@ fn batches_are_accepted_while_the_kek_is_away_until_the_stock_is_used_up() {
     submit(&store, "after", None, 1, 1);
     check_invariants(&store);
 }
+
+/// A KEK whose wraps take a while and are counted while in flight, like a slow HSM.
+struct SlowKek {
+    inner: Arc<seal::testing::MemoryKek>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    wraps: std::sync::atomic::AtomicUsize,
+}
+
+impl seal::KeyWrap for SlowKek {
+    fn wrap(&self, key: &[u8; seal::DATA_KEY_LEN]) -> Result<Vec<u8>, seal::SealError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_flight.fetch_add(1, SeqCst);
+        self.wraps.fetch_add(1, SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        let wrapped = self.inner.wrap(key);
+        self.in_flight.fetch_sub(1, SeqCst);
+        wrapped
+    }
+
+    fn unwrap(
+        &self,
+        wrapped: &[u8],
+    ) -> Result<zeroize::Zeroizing<[u8; seal::DATA_KEY_LEN]>, seal::SealError> {
+        self.inner.unwrap(wrapped)
+    }
+
+    fn describe(&self) -> String {
+        "a slow test KEK".into()
+    }
+}
+
+#[test]
+fn stopping_the_stock_waits_for_the_wrap_in_flight_and_starts_no_other() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let kek =
+        Arc::new(SlowKek { inner: seal::testing::MemoryKek::new(), in_flight: 0.into(), wraps: 0.into() });
+    let store = Store::open(dir.path(), StoreOptions { key_wrap: Some(kek.clone()), ..options() }).unwrap();
+    store.start_key_stock().unwrap();
+    let start = Instant::now();
+    while kek.in_flight.load(SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the stock does not start wrapping");
+        std::thread::yield_now();
+    }
+    // The daemon stops the stock before it closes the HSM: nothing may be inside it after.
+    store.stop_key_stock();
+    assert_eq!(kek.in_flight.load(SeqCst), 0, "a wrap was still in flight after the stop");
+    let wraps = kek.wraps.load(SeqCst);
+    assert_eq!(store.stocked_data_keys(), 0, "the unused keys are dropped");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(kek.wraps.load(SeqCst), wraps, "the stock went on wrapping after its stop");
+    store.stop_key_stock();
+    // Batches still arrive (each wraps its own key) and sign.
+    submit(&store, "after", None, 3, 1);
+    assert_eq!(sign_all(&store, 8), 3);
+}
