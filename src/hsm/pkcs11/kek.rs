@@ -106,15 +106,7 @@ impl Ctx<'_> {
     pub(super) fn wrap_data_key(&self, s: &Session, label: &str, key: &[u8]) -> Result<Vec<u8>, Error> {
         let kek = self.kek(s, label)?;
         let object = s
-            .create_object(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::GENERIC_SECRET),
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Value(key.to_vec()),
-            ])
+            .create_object(&[data_key_template(), vec![Attribute::Value(key.to_vec())]].concat())
             .map_err(|e| self.fail("C_CreateObject", e))?;
         let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, object);
         let _ = s.destroy_object(object);
@@ -129,21 +121,8 @@ impl Ctx<'_> {
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let kek = self.kek(s, label)?;
-        let object = s
-            .unwrap_key(
-                &Mechanism::AesKeyWrapPad,
-                kek,
-                wrapped,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::Token(false),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(false),
-                    Attribute::Extractable(true),
-                ],
-            )
-            .map_err(|e| match e {
+        let object = s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &data_key_template()).map_err(
+            |e| match e {
                 // Not a fault of the device: the wrapped key is damaged or from another KEK.
                 // SoftHSM2 answers a failed RFC 5649 integrity check with CKR_GENERAL_ERROR;
                 // treating that as a fault would reset the whole pool for one bad stored value
@@ -156,7 +135,8 @@ impl Ctx<'_> {
                     _,
                 ) => Error::Refused { op: "C_UnwrapKey", rv: rv_name(&e) },
                 e => self.fail("C_UnwrapKey", e),
-            })?;
+            },
+        )?;
         let value = s.get_attributes(object, &[AttributeType::Value]);
         let _ = s.destroy_object(object);
         let value = value.map_err(|e| self.fail("C_GetAttributeValue", e))?;
@@ -168,4 +148,17 @@ impl Ctx<'_> {
             }),
         }
     }
+}
+
+/// A data key inside the token: a session object only, extractable because it is wrapped
+/// out (or read after unwrapping), never kept on the token.
+fn data_key_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
 }
