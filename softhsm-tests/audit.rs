@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 /// sled opened directly on a store directory (with the store's segment size, which sled
 /// requires to match).
 fn open_sled(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).segment_size(hcert_signer::store::SEGMENT_SIZE).open().unwrap()
+    sled::Config::new().path(dir).segment_size(hcert_signer::store::sled::SEGMENT_SIZE).open().unwrap()
 }
 
 /// A copy of the stopped daemon's store with `edit` applied to its raw audit tree.

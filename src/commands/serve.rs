@@ -66,11 +66,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     kek::ensure(&hsm, &store, &config.store.kek_label).map_err(|e| Error::Config(e.to_string()))?;
     // Pinned: made (and its public half written) only at the first start, checked at every
     // later one. An empty log means no start ever got past this point on this store.
+    let fresh = store.audit_head().map_err(|e| Error::Config(format!("audit log: {e}")))?.0 == 0;
     let audit = AuditSigner::open_pinned(
         &hsm,
         &config.audit.key_label,
         &config.state_dir.join(AUDIT_KEY_FILE),
-        store.audit_head().0 == 0,
+        fresh,
     )?;
     store
         .audit_append(vec![Event::Started {

@@ -4,11 +4,12 @@
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::layout::RecordKey;
+use super::StoreError;
+use crate::audit::SignedRecord;
 
 /// Largest `dcc` signed, in bytes of JSON text. A real DCC is well under 2 KiB, and one of this
 /// size no longer fits a QR code once signed; the bound also keeps the store's values small
-/// (see `store::SEGMENT_SIZE`).
+/// (see `store::sled::SEGMENT_SIZE`).
 pub const MAX_DCC_BYTES: usize = 8 << 10;
 
 /// What is stored in place of a `dcc` over [`MAX_DCC_BYTES`]: the record keeps its place in its
@@ -166,5 +167,102 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<RecordResult>(&json).unwrap(), r);
         assert!(!r.is_signed());
+    }
+}
+
+/// One record's place in the work queue: the batch's sequence number, then the record's index
+/// in the batch. Stored big-endian, so sled's byte order is submission order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    pub(crate) seq: u64,
+    pub(crate) index: u32,
+}
+
+impl RecordKey {
+    pub(crate) fn new(seq: u64, index: u32) -> Self {
+        Self { seq, index }
+    }
+
+    /// The batch's sequence number (monotonic over the store's life, not its id).
+    pub fn batch_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The record's index in its batch (0-based, the order of the submitted `records`).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub(crate) fn to_bytes(self) -> [u8; 12] {
+        let mut k = [0u8; 12];
+        k[..8].copy_from_slice(&self.seq.to_be_bytes());
+        k[8..].copy_from_slice(&self.index.to_be_bytes());
+        k
+    }
+
+    pub(crate) fn from_bytes(b: &[u8]) -> Result<Self, StoreError> {
+        let b: &[u8; 12] =
+            b.try_into().map_err(|_| StoreError::Corrupt(format!("record key of {} bytes", b.len())))?;
+        let (seq, index) = b.split_at(8);
+        Ok(Self {
+            seq: u64::from_be_bytes(seq.try_into().unwrap_or_default()),
+            index: u32::from_be_bytes(index.try_into().unwrap_or_default()),
+        })
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.seq, self.index)
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Results stored (each record's first and only one).
+    pub applied: usize,
+    /// Of those, signed.
+    pub signed: usize,
+    /// Of those, rejected.
+    pub rejected: usize,
+    /// Records that already had a result: skipped, the stored result kept.
+    pub duplicates: usize,
+    /// Records whose batch was deleted or expired meanwhile (or that never existed): dropped.
+    pub orphaned: usize,
+    /// Batches this commit completed.
+    pub batches_done: usize,
+}
+
+/// A record's result as a worker hands it to [`crate::store::Store::commit`], with the audit facts of its
+/// signature when the worker has them (otherwise the store reads them back from the `HC1:`).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The record.
+    pub key: RecordKey,
+    /// Its result.
+    pub result: RecordResult,
+    /// For a signed result: what the audit log records of the signature.
+    pub audit: Option<SignedRecord>,
+}
+
+impl From<(RecordKey, RecordResult)> for Outcome {
+    fn from((key, result): (RecordKey, RecordResult)) -> Self {
+        Outcome { key, result, audit: None }
+    }
+}
+
+impl Outcome {
+    /// The audit facts of a signed result (`None` for a rejection).
+    pub(crate) fn audit_record(&self) -> Option<SignedRecord> {
+        let RecordResult::Signed { r#ref, hc1, uvci, kid, exp, .. } = &self.result else { return None };
+        if let Some(a) = &self.audit {
+            return Some(a.clone());
+        }
+        Some(SignedRecord::from_hc1(r#ref, uvci, hc1, kid, *exp).unwrap_or_else(|| {
+            // Our own HC1 always decodes; if it ever did not, the signature is still recorded.
+            log::error!("store: a signed result's HC1 does not decode; audited without its signature hash");
+            SignedRecord::new(r#ref, uvci, &[], kid, *exp)
+        }))
     }
 }

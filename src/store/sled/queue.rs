@@ -12,8 +12,9 @@ use super::batches::abort;
 use super::layout::{self, BatchMeta, RecordKey, StoredState};
 use super::record::{RecordResult, WorkItem};
 use super::seal::{Context, DataKey, Purpose};
-use super::{Store, StoreError, shred};
+use super::{SledStore, StoreError, shred};
 use crate::audit::{Event, SignedRecord};
+use crate::store::{CommitStats, Outcome};
 use zeroize::Zeroizing;
 
 /// This process's view of who works on what. Leases are not persisted: after a restart every
@@ -29,56 +30,6 @@ pub(super) struct Leases {
     /// retried via `retry`, or belongs to a batch being purged). Keeps `claim` O(max) instead
     /// of re-reading every leased record each time.
     cursor: Option<RecordKey>,
-}
-
-/// What a commit did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// Results stored (each record's first and only one).
-    pub applied: usize,
-    /// Of those, signed.
-    pub signed: usize,
-    /// Of those, rejected.
-    pub rejected: usize,
-    /// Records that already had a result: skipped, the stored result kept.
-    pub duplicates: usize,
-    /// Records whose batch was deleted or expired meanwhile (or that never existed): dropped.
-    pub orphaned: usize,
-    /// Batches this commit completed.
-    pub batches_done: usize,
-}
-
-/// A record's result as a worker hands it to [`Store::commit`], with the audit facts of its
-/// signature when the worker has them (otherwise the store reads them back from the `HC1:`).
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The record.
-    pub key: RecordKey,
-    /// Its result.
-    pub result: RecordResult,
-    /// For a signed result: what the audit log records of the signature.
-    pub audit: Option<SignedRecord>,
-}
-
-impl From<(RecordKey, RecordResult)> for Outcome {
-    fn from((key, result): (RecordKey, RecordResult)) -> Self {
-        Outcome { key, result, audit: None }
-    }
-}
-
-impl Outcome {
-    /// The audit facts of a signed result (`None` for a rejection).
-    fn audit_record(&self) -> Option<SignedRecord> {
-        let RecordResult::Signed { r#ref, hc1, uvci, kid, exp, .. } = &self.result else { return None };
-        if let Some(a) = &self.audit {
-            return Some(a.clone());
-        }
-        Some(SignedRecord::from_hc1(r#ref, uvci, hc1, kid, *exp).unwrap_or_else(|| {
-            // Our own HC1 always decodes; if it ever did not, the signature is still recorded.
-            log::error!("store: a signed result's HC1 does not decode; audited without its signature hash");
-            SignedRecord::new(r#ref, uvci, &[], kid, *exp)
-        }))
-    }
 }
 
 /// Counts what a commit made durable: signatures by kid, rejections by code, accepted → signed
@@ -126,7 +77,7 @@ struct BatchInfo {
     key: Arc<DataKey>,
 }
 
-impl Store {
+impl SledStore {
     /// Hands out up to `max` pending records not leased in this process, oldest first (records
     /// released for retry come before newer ones). Each is leased until `commit` or `release`;
     /// concurrent callers never get the same record.

@@ -9,7 +9,7 @@ use std::sync::{MutexGuard, PoisonError};
 use sled::Transactional as _;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
-use super::{Store, StoreError};
+use super::{SledStore, StoreError};
 use crate::audit::{Entry, Event, FIRST_SEQ, GENESIS, Hash};
 
 /// The end of the chain: the next sequence number and the last hash.
@@ -63,8 +63,7 @@ impl AuditHead {
     }
 }
 
-/// A stored audit entry: its sequence number and its stored bytes (`hash ‖ JSON`).
-pub type RawEntry = (u64, Vec<u8>);
+use crate::store::backend::{AtHead, RawEntry};
 
 /// Fills the checkpoint index of a store written before it existed (once: an index with any
 /// entry is complete, since every later checkpoint is indexed as it is appended).
@@ -96,7 +95,7 @@ fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-impl Store {
+impl SledStore {
     /// Appends events (in order) and flushes; returns the sequence number of the last one.
     /// Signatures are signing: under the floor they wait like the pipeline's commits
     /// ([`StoreError::BelowFloor`]); other events (start, key changes, revocations) are small and
@@ -128,10 +127,7 @@ impl Store {
     /// whether that entry is a checkpoint) — for checkpoints, which must sign exactly the head
     /// they follow. The chain is held still meanwhile; `make` returning `None` appends nothing.
     /// Periodic, so under the floor it waits for the next period ([`StoreError::BelowFloor`]).
-    pub fn audit_append_at_head<F>(&self, make: F) -> Result<Option<u64>, StoreError>
-    where
-        F: FnOnce(u64, &Hash, bool) -> Option<Event>,
-    {
+    pub fn audit_append_at_head(&self, make: AtHead<'_>) -> Result<Option<u64>, StoreError> {
         self.ensure_ok()?;
         self.ensure_floor()?;
         let mut head = self.audit_head_lock();
@@ -212,8 +208,8 @@ mod tests {
     use super::*;
     use crate::store::StoreOptions;
 
-    fn open(dir: &std::path::Path) -> Store {
-        Store::open(dir, StoreOptions { min_free_bytes: 0, ..StoreOptions::default() }).unwrap()
+    fn open(dir: &std::path::Path) -> SledStore {
+        SledStore::open(dir, StoreOptions { min_free_bytes: 0, ..StoreOptions::default() }).unwrap()
     }
 
     fn started() -> Event {
@@ -221,9 +217,9 @@ mod tests {
     }
 
     /// Appends a (fake) checkpoint over the end, as the audit key would.
-    fn checkpoint(store: &Store) -> Option<u64> {
+    fn checkpoint(store: &SledStore) -> Option<u64> {
         store
-            .audit_append_at_head(|last, head, _| {
+            .audit_append_at_head(&mut |last, head, _| {
                 Some(Event::Checkpoint { covers: last, head: hex::encode(head), signature: String::new() })
             })
             .unwrap()

@@ -7,52 +7,8 @@ use super::error::StoreError;
 /// Version byte leading every binary value, so a later layout can be told apart.
 const VERSION: u8 = 1;
 
-/// Length of a batch id in bytes (128 random bits).
-pub(crate) const BATCH_ID_LEN: usize = 16;
-
-/// One record's place in the work queue: the batch's sequence number, then the record's index
-/// in the batch. Stored big-endian, so sled's byte order is submission order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordKey {
-    seq: u64,
-    index: u32,
-}
-
-impl RecordKey {
-    pub(crate) fn new(seq: u64, index: u32) -> Self {
-        Self { seq, index }
-    }
-
-    /// The batch's sequence number (monotonic over the store's life, not its id).
-    pub fn batch_seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The record's index in its batch (0-based, the order of the submitted `records`).
-    pub fn index(&self) -> u32 {
-        self.index
-    }
-
-    pub(crate) fn to_bytes(self) -> [u8; 12] {
-        let mut k = [0u8; 12];
-        k[..8].copy_from_slice(&self.seq.to_be_bytes());
-        k[8..].copy_from_slice(&self.index.to_be_bytes());
-        k
-    }
-
-    pub(crate) fn from_bytes(b: &[u8]) -> Result<Self, StoreError> {
-        let b: &[u8; 12] =
-            b.try_into().map_err(|_| StoreError::Corrupt(format!("record key of {} bytes", b.len())))?;
-        let (seq, index) = b.split_at(8);
-        Ok(Self { seq: u64::from_be_bytes(to_array(seq)), index: u32::from_be_bytes(to_array(index)) })
-    }
-}
-
-impl std::fmt::Display for RecordKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.seq, self.index)
-    }
-}
+pub(crate) use crate::store::RecordKey;
+pub(crate) use crate::store::batch::BATCH_ID_LEN;
 
 fn to_array<const N: usize>(b: &[u8]) -> [u8; N] {
     let mut a = [0u8; N];

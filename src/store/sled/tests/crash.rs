@@ -100,7 +100,7 @@ fn crash_kill9_keeps_every_accepted_record() {
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args([
-                "store::tests::crash::crash_child",
+                "store::sled::tests::crash::crash_child",
                 "--exact",
                 "--ignored",
                 "--nocapture",
@@ -192,7 +192,7 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 /// Figures for the report: `HCERT_MEASURE_DIR=/var/tmp cargo test --release --lib
-/// store::tests::measure -- --ignored --nocapture`. Fills a store with 200,000 queued records,
+/// store::sled::tests::measure -- --ignored --nocapture`. Fills a store with 200,000 queued records,
 /// then reopens it in a fresh child process (so the memory figures are the daemon's, not the
 /// filler's) to claim, commit and stream. `HCERT_MEASURE_CACHE_MB` sets sled's cache (default
 /// 64). No assertions on timings.
@@ -210,7 +210,7 @@ fn measure() {
     let dir = tempfile::tempdir_in(base).unwrap();
     let dcc = vec![b'x'; 380];
     {
-        let store = Store::open(dir.path(), opts).unwrap();
+        let store = SledStore::open(dir.path(), opts).unwrap();
         let refs = refs("person", 10_000);
         let recs: Vec<NewRecord<'_>> = refs.iter().map(|r| NewRecord { r#ref: r, dcc_json: &dcc }).collect();
         let mut times = Vec::new();
@@ -234,7 +234,13 @@ fn measure() {
         );
     }
     let st = Command::new(std::env::current_exe().unwrap())
-        .args(["store::tests::crash::measure", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "store::sled::tests::crash::measure",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HCERT_MEASURE_REOPEN", dir.path())
         .status()
         .unwrap();
@@ -244,7 +250,7 @@ fn measure() {
 fn measure_reopened(dir: &Path, opts: StoreOptions) {
     let before = rss_kib("VmRSS");
     let t = Instant::now();
-    let store = Store::open(dir, opts.clone()).unwrap();
+    let store = SledStore::open(dir, opts.clone()).unwrap();
     println!(
         "fresh process, cache {} MiB: open with {} queued took {:?}; VmRSS {} -> {} MiB",
         opts.cache_capacity >> 20,

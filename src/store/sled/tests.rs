@@ -1,4 +1,4 @@
-//! Store tests on real sled directories: the shared helpers and the layout's invariant
+//! Sled store tests on real sled directories: the shared helpers and the layout's invariant
 //! checker here; the lifecycle, exactly-once, durability, isolation and retention in
 //! `lifecycle`; damaged data, full and read-only disks in `damage`; `kill -9` of a child
 //! process and the measurements in `crash`; idempotency and crypto-shredding in files of
@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::layout::{self, BatchMeta, StoredState};
 use super::*;
+use crate::store::{
+    BatchState, CommitStats, KEY_STOCK, NewRecord, Outcome, RecordError, RecordResult, Submitted, WorkItem,
+};
 
 mod crash;
 mod damage;
@@ -29,8 +32,8 @@ fn options() -> StoreOptions {
     }
 }
 
-fn open(dir: &Path) -> Store {
-    Store::open(dir, options()).expect("open store")
+fn open(dir: &Path) -> SledStore {
+    SledStore::open(dir, options()).expect("open store")
 }
 
 const DCC: &[u8] = br#"{"ver":"1.3.0","nam":{"fnt":"NGUYEN"},"dob":"1990-01-01"}"#;
@@ -43,7 +46,7 @@ fn records(refs: &[String]) -> Vec<NewRecord<'_>> {
     refs.iter().map(|r| NewRecord { r#ref: r, dcc_json: DCC }).collect()
 }
 
-fn submit(store: &Store, issuer: &str, key: Option<&str>, n: usize, now: i64) -> Submitted {
+fn submit(store: &SledStore, issuer: &str, key: Option<&str>, n: usize, now: i64) -> Submitted {
     let refs = refs(issuer, n);
     store.submit(issuer, key, &records(&refs), now).expect("submit")
 }
@@ -67,7 +70,7 @@ fn result_for(item: &WorkItem) -> RecordResult {
     }
 }
 
-fn sign_all(store: &Store, chunk: usize) -> usize {
+fn sign_all(store: &SledStore, chunk: usize) -> usize {
     let mut n = 0;
     loop {
         let items = store.claim(chunk).unwrap();
@@ -80,7 +83,7 @@ fn sign_all(store: &Store, chunk: usize) -> usize {
 }
 
 /// A batch's results as streamed, parsed.
-fn parsed_results(store: &Store, issuer: &str, batch_id: &str) -> Vec<RecordResult> {
+fn parsed_results(store: &SledStore, issuer: &str, batch_id: &str) -> Vec<RecordResult> {
     let lines = store.results(issuer, batch_id).unwrap().expect("the batch exists");
     lines.map(|l| serde_json::from_slice(&l.unwrap()).expect("a result line parses")).collect()
 }
@@ -90,7 +93,7 @@ fn tree_len(tree: &sled::Tree) -> usize {
 }
 
 /// The sealing context of a stored block of `tree` at key `k`, and the batch's data key.
-fn block_key(store: &Store, purpose: seal::Purpose, k: &[u8]) -> (seal::Context, Arc<seal::DataKey>) {
+fn block_key(store: &SledStore, purpose: seal::Purpose, k: &[u8]) -> (seal::Context, Arc<seal::DataKey>) {
     let block = layout::RecordKey::from_bytes(k).unwrap();
     let meta = store.inner.batches.get(layout::seq_key(block.batch_seq())).unwrap().expect("its batch");
     let meta = BatchMeta::decode(&meta).unwrap();
@@ -99,20 +102,20 @@ fn block_key(store: &Store, purpose: seal::Purpose, k: &[u8]) -> (seal::Context,
 }
 
 /// A stored block opened (what it holds in clear).
-fn open_stored(store: &Store, purpose: seal::Purpose, k: &[u8], v: &[u8]) -> Vec<u8> {
+fn open_stored(store: &SledStore, purpose: seal::Purpose, k: &[u8], v: &[u8]) -> Vec<u8> {
     let (ctx, key) = block_key(store, purpose, k);
     seal::open(&key, &ctx, v).expect("a stored block opens under its batch's key").to_vec()
 }
 
 /// Replaces a stored block with `plain`, sealed as the store would.
-fn reseal(store: &Store, purpose: seal::Purpose, k: &[u8], plain: &[u8]) -> Vec<u8> {
+fn reseal(store: &SledStore, purpose: seal::Purpose, k: &[u8], plain: &[u8]) -> Vec<u8> {
     let (ctx, key) = block_key(store, purpose, k);
     seal::seal(&key, &ctx, plain).unwrap()
 }
 
 /// Every record entry in a tree of blocks under `prefix`, in key order: `(record, bytes)`.
 fn block_entries(
-    store: &Store,
+    store: &SledStore,
     tree: &sled::Tree,
     purpose: seal::Purpose,
     prefix: &[u8],
@@ -129,7 +132,7 @@ fn block_entries(
 }
 
 /// The records with an entry in the queue under `prefix`.
-fn record_keys(store: &Store, prefix: &[u8]) -> Vec<layout::RecordKey> {
+fn record_keys(store: &SledStore, prefix: &[u8]) -> Vec<layout::RecordKey> {
     block_entries(store, &store.inner.pending, seal::Purpose::Pending, prefix)
         .into_iter()
         .map(|(k, _)| k)
@@ -140,7 +143,7 @@ fn record_keys(store: &Store, prefix: &[u8]) -> Vec<layout::RecordKey> {
 type Summary = BTreeMap<String, (u32, u32, u32)>;
 
 /// Checks every invariant of the layout and returns the live batches.
-fn check_invariants(store: &Store) -> Summary {
+fn check_invariants(store: &SledStore) -> Summary {
     let inner = &store.inner;
     let mut summary = Summary::new();
     let mut seqs = HashSet::new();

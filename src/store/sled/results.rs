@@ -5,7 +5,7 @@ use std::sync::{Arc, PoisonError};
 
 use super::layout;
 use super::seal::{DataKey, Purpose};
-use super::{Store, StoreError, shred};
+use super::{SledStore, StoreError, shred};
 
 /// The committed results of one batch, in record order: each item is one JSON object (no
 /// newline). Lazily reads sled; `Send`, so it can be drained on a blocking thread.
@@ -16,12 +16,12 @@ pub struct ResultIter {
     batch: [u8; layout::BATCH_ID_LEN],
     /// The rest of the block read last (results are stored a block of records per value).
     block: std::vec::IntoIter<Vec<u8>>,
-    store: Store,
+    store: SledStore,
     /// Set after an error: the iterator then ends instead of repeating it.
     failed: bool,
 }
 
-impl Store {
+impl SledStore {
     /// The batch's results so far, or `None` if it does not exist for this issuer. Results
     /// committed while the iterator runs may or may not appear; none appears before it is
     /// flushed to disk.

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 
-use serde::Serialize;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
@@ -11,63 +10,11 @@ use super::idempotency::{self, Entry};
 use super::layout::{self, BATCH_ID_LEN, BatchMeta, RecordKey, StoredState};
 use super::record::NewRecord;
 use super::seal::Purpose;
-use super::{Store, StoreError, shred};
+use super::{SledStore, StoreError, shred};
+use crate::store::{BatchState, BatchStatus, Submitted};
 
 /// Keys removed per sled batch when purging, bounding memory and lock hold times.
 const SWEEP_CHUNK: usize = 1024;
-
-/// A batch's state as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BatchState {
-    /// Accepted, no result yet.
-    Queued,
-    /// Some records have results.
-    Signing,
-    /// Every record is signed or rejected.
-    Done,
-}
-
-impl BatchState {
-    /// The name used in the API: `queued`, `signing` or `done`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Signing => "signing",
-            Self::Done => "done",
-        }
-    }
-}
-
-/// Where a batch stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchStatus {
-    /// The batch id.
-    pub batch_id: String,
-    /// Its state.
-    pub state: BatchState,
-    /// Records in the batch.
-    pub total: u32,
-    /// Records signed.
-    pub signed: u32,
-    /// Records rejected.
-    pub rejected: u32,
-    /// When it was accepted (Unix seconds).
-    pub created_at: i64,
-}
-
-/// The answer to a submission.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Submitted {
-    /// The batch id to give the issuer.
-    pub batch_id: String,
-    /// False when the idempotency key named an existing batch, which is returned instead.
-    pub created: bool,
-    /// Records in the batch.
-    pub total: u32,
-    /// Where the batch stands now (for a replay: its real state and counts).
-    pub status: BatchStatus,
-}
 
 /// The outcome of the submit transaction.
 enum Outcome {
@@ -75,7 +22,7 @@ enum Outcome {
     Existing(BatchMeta),
 }
 
-impl Store {
+impl SledStore {
     /// Stores a batch durably: when this returns `Ok`, the batch and every record survive a
     /// crash or power loss, and each record is pending, sealed under the batch's new data key.
     /// With an `idempotency_key` the same issuer already used: the same request (see
@@ -113,7 +60,7 @@ impl Store {
                     self.flush_db()?;
                     return Ok(replayed(&existing));
                 }
-                Ok(_) | Err(ResolveError::Store(StoreError::Corrupt(_))) => {}
+                Ok(_) | Err(ResolveError::SledStore(StoreError::Corrupt(_))) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -157,7 +104,7 @@ impl Store {
                         let meta = |seq: u64| batches.get(&layout::seq_key(seq)[..]);
                         return match resolve(&v, request, meta) {
                             Ok(existing) => Ok(Outcome::Existing(existing)),
-                            Err(ResolveError::Store(e)) => Err(abort(e)),
+                            Err(ResolveError::SledStore(e)) => Err(abort(e)),
                             Err(ResolveError::Tx(e)) => Err(e.into()),
                         };
                     }
@@ -225,7 +172,7 @@ impl Store {
     /// Purges every batch accepted more than `ttl_secs` before `now_unix`, whatever its state,
     /// and returns how many. A batch that expires before all its records were signed is an
     /// operational failure (the issuer never got those certificates): such records are counted
-    /// in [`Store::expired_unsigned_records`] and logged, without any record content. Tombstones
+    /// in [`SledStore::expired_unsigned_records`] and logged, without any record content. Tombstones
     /// of idempotency keys older than `ttl_secs` are removed too (not counted).
     pub fn purge_expired(&self, now_unix: i64, ttl_secs: i64) -> Result<usize, StoreError> {
         self.ensure_ok()?;
@@ -457,14 +404,14 @@ fn replayed(meta: &BatchMeta) -> Submitted {
 
 /// Why an idempotency key could not be resolved: our error, or the transaction's.
 enum ResolveError<E> {
-    Store(StoreError),
+    SledStore(StoreError),
     Tx(E),
 }
 
 impl From<ResolveError<StoreError>> for StoreError {
     fn from(e: ResolveError<StoreError>) -> Self {
         match e {
-            ResolveError::Store(e) | ResolveError::Tx(e) => e,
+            ResolveError::SledStore(e) | ResolveError::Tx(e) => e,
         }
     }
 }
@@ -476,18 +423,18 @@ fn resolve<E>(
     request: &[u8; 32],
     meta: impl Fn(u64) -> Result<Option<sled::IVec>, E>,
 ) -> Result<BatchMeta, ResolveError<E>> {
-    match Entry::decode(v).map_err(ResolveError::Store)? {
-        Entry::Tombstone { batch_id, .. } => {
-            Err(ResolveError::Store(StoreError::BatchDeleted { batch_id: layout::batch_id_text(&batch_id) }))
-        }
+    match Entry::decode(v).map_err(ResolveError::SledStore)? {
+        Entry::Tombstone { batch_id, .. } => Err(ResolveError::SledStore(StoreError::BatchDeleted {
+            batch_id: layout::batch_id_text(&batch_id),
+        })),
         Entry::Live { request: first, .. } if &first != request => {
-            Err(ResolveError::Store(StoreError::IdempotencyConflict))
+            Err(ResolveError::SledStore(StoreError::IdempotencyConflict))
         }
         Entry::Live { seq, .. } => {
             let bytes = meta(seq).map_err(ResolveError::Tx)?.ok_or_else(|| {
-                ResolveError::Store(StoreError::Corrupt("idempotency key names a missing batch".into()))
+                ResolveError::SledStore(StoreError::Corrupt("idempotency key names a missing batch".into()))
             })?;
-            BatchMeta::decode(&bytes).map_err(ResolveError::Store)
+            BatchMeta::decode(&bytes).map_err(ResolveError::SledStore)
         }
     }
 }

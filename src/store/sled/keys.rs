@@ -4,13 +4,13 @@
 
 use sled::Transactional;
 
-use super::{Store, StoreError};
+use super::{SledStore, StoreError};
 
 /// Key prefix of a CSCA addition waiting for a second officer (a fingerprint is hex: no clash).
 const CSCA_PENDING: &[u8] = b"pending:";
 use crate::audit::Event;
 
-impl Store {
+impl SledStore {
     /// Every key record, by label.
     pub fn key_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.ensure_ok()?;

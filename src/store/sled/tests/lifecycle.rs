@@ -208,7 +208,7 @@ fn a_store_of_another_schema_is_refused_with_what_to_do() {
         store.inner.db.insert(SCHEMA_KEY, &[1u8][..]).unwrap();
         store.close().unwrap();
     }
-    let e = Store::open(dir.path(), options()).err().expect("schema 1 is refused");
+    let e = SledStore::open(dir.path(), options()).err().expect("schema 1 is refused");
     assert!(matches!(e, StoreError::Open { .. }), "{e}");
     let text = e.to_string();
     assert!(text.contains("schema 1") && text.contains("empty store directory"), "{text}");

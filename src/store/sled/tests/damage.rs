@@ -96,7 +96,7 @@ fn input_the_store_cannot_represent_is_refused_without_a_panic() {
 fn open_errors_are_typed_and_actionable() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let e = Store::open(dir.path(), options()).err().expect("a second open must fail");
+    let e = SledStore::open(dir.path(), options()).err().expect("a second open must fail");
     assert!(matches!(e, StoreError::Locked { .. }), "{e}");
     assert!(e.to_string().contains("in use by another process"));
     drop(store);
@@ -105,7 +105,7 @@ fn open_errors_are_typed_and_actionable() {
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let e = Store::open(&file.join("store"), options()).err().expect("under a file");
+    let e = SledStore::open(&file.join("store"), options()).err().expect("under a file");
     assert!(matches!(e, StoreError::Open { .. }), "{e}");
     assert!(!e.to_string().contains('\n') && e.is_unavailable());
 }
@@ -117,7 +117,8 @@ fn the_free_space_reserve_refuses_a_batch_before_anything_is_written() {
         let store = open(dir.path());
         submit(&store, "i", Some("k"), 5, 1)
     };
-    let store = Store::open(dir.path(), StoreOptions { min_free_bytes: u64::MAX / 4, ..options() }).unwrap();
+    let store =
+        SledStore::open(dir.path(), StoreOptions { min_free_bytes: u64::MAX / 4, ..options() }).unwrap();
     let refs = refs("i", 5);
     let e = store.submit("i", None, &records(&refs), 2).unwrap_err();
     assert!(e.is_full() && e.is_unavailable(), "{e}");
@@ -244,7 +245,7 @@ fn a_read_only_directory_is_a_clear_open_error() {
             return;
         }
     };
-    let e = Store::open(&fs.path().join("store"), options()).err().expect("read-only");
+    let e = SledStore::open(&fs.path().join("store"), options()).err().expect("read-only");
     let text = e.to_string();
     assert!(matches!(e, StoreError::Open { .. }) && text.contains("read-only"), "{text}");
 }
@@ -308,7 +309,7 @@ fn no_stored_value_reaches_sleds_blob_files() {
     assert_eq!(blob_files(dir.path()), 0, "sled wrote blob files, which its flush does not sync");
 }
 
-fn submit_records(store: &Store, recs: &[NewRecord<'_>]) {
+fn submit_records(store: &SledStore, recs: &[NewRecord<'_>]) {
     store.submit("i", None, recs, 1).expect("submit");
 }
 
@@ -316,7 +317,7 @@ fn submit_records(store: &Store, recs: &[NewRecord<'_>]) {
 fn result_iterators_can_move_to_blocking_threads() {
     fn send_static<T: Send + 'static>() {}
     send_static::<ResultIter>();
-    send_static::<Store>();
+    send_static::<SledStore>();
     fn sync<T: Sync>() {}
-    sync::<Store>();
+    sync::<SledStore>();
 }

@@ -75,12 +75,12 @@ fn each_batch_key_is_unwrapped_once_and_forgotten_when_done() {
     let dir = tempfile::tempdir().unwrap();
     let kek = seal::testing::MemoryKek::with_key([0x4b; 32]);
     let s = {
-        let store = Store::open(dir.path(), counting(&kek)).unwrap();
+        let store = SledStore::open(dir.path(), counting(&kek)).unwrap();
         submit(&store, "i", None, 200, 1)
     };
     assert_eq!(kek.unwrap_count(), 0, "a new batch's key is cached, never unwrapped");
     // Reopened: the cache is empty; signing in many chunks unwraps once.
-    let store = Store::open(dir.path(), counting(&kek)).unwrap();
+    let store = SledStore::open(dir.path(), counting(&kek)).unwrap();
     assert_eq!(sign_all(&store, 7), 200);
     assert_eq!(kek.unwrap_count(), 1, "one unwrap for the whole batch");
     assert_eq!(store.cached_data_keys(), 0, "evicted once the batch is done");
@@ -132,7 +132,7 @@ fn sled_files_hold_no_payload_or_result_in_clear_and_purge_destroys_the_key_firs
 fn a_handle_without_a_kek_reads_and_writes_no_records() {
     let dir = tempfile::tempdir().unwrap();
     let s = submit(&open(dir.path()), "i", None, 3, 1);
-    let store = Store::open(dir.path(), StoreOptions { key_wrap: None, ..options() }).unwrap();
+    let store = SledStore::open(dir.path(), StoreOptions { key_wrap: None, ..options() }).unwrap();
     let refs = refs("i", 1);
     assert!(matches!(store.submit("i", None, &records(&refs), 1), Err(StoreError::NoKeyWrap)));
     assert!(matches!(store.claim(3), Err(StoreError::NoKeyWrap)));
@@ -140,7 +140,7 @@ fn a_handle_without_a_kek_reads_and_writes_no_records() {
     // A KEK that cannot unwrap (another one): claim fails without handing anything out or
     // setting records aside; the right KEK then signs them all.
     drop(store);
-    let wrong = Store::open(dir.path(), counting(&seal::testing::MemoryKek::new())).unwrap();
+    let wrong = SledStore::open(dir.path(), counting(&seal::testing::MemoryKek::new())).unwrap();
     let e = wrong.claim(3).unwrap_err();
     assert!(matches!(e, StoreError::Seal(seal::SealError::Unwrap(_))) && e.is_unavailable(), "{e}");
     assert_eq!(wrong.corrupt_records(), 0);
@@ -181,7 +181,8 @@ impl seal::KeyWrap for FlakyKek {
 fn batches_are_accepted_while_the_kek_is_away_until_the_stock_is_used_up() {
     let dir = tempfile::tempdir().unwrap();
     let kek = Arc::new(FlakyKek { inner: seal::testing::MemoryKek::new(), down: false.into() });
-    let store = Store::open(dir.path(), StoreOptions { key_wrap: Some(kek.clone()), ..options() }).unwrap();
+    let store =
+        SledStore::open(dir.path(), StoreOptions { key_wrap: Some(kek.clone()), ..options() }).unwrap();
     assert_eq!(store.stocked_data_keys(), 0, "no stock before it is started");
     store.start_key_stock().unwrap();
     let start = Instant::now();
@@ -245,7 +246,8 @@ fn stopping_the_stock_waits_for_the_wrap_in_flight_and_starts_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let kek =
         Arc::new(SlowKek { inner: seal::testing::MemoryKek::new(), in_flight: 0.into(), wraps: 0.into() });
-    let store = Store::open(dir.path(), StoreOptions { key_wrap: Some(kek.clone()), ..options() }).unwrap();
+    let store =
+        SledStore::open(dir.path(), StoreOptions { key_wrap: Some(kek.clone()), ..options() }).unwrap();
     store.start_key_stock().unwrap();
     let start = Instant::now();
     while kek.in_flight.load(SeqCst) == 0 {
