@@ -25,6 +25,7 @@
 
 pub mod backend;
 mod batch;
+mod block;
 mod data_keys;
 mod error;
 pub mod idempotency;
