@@ -91,6 +91,15 @@ pub enum StoreError {
     /// This handle was opened without a key-encryption key, so it cannot read or write records.
     #[error("this store handle has no key-encryption key: it cannot read or write records")]
     NoKeyWrap,
+    /// The database cannot be reached (down, restarting, failing over to a standby, or the
+    /// network): nothing was written; the work is refused or retried until it is back.
+    #[error(
+        "the store's database is unreachable ({0}): new batches are refused and signing pauses until it is back; nothing accepted is lost"
+    )]
+    Unreachable(String),
+    /// The database refused a statement for a reason that is not an outage.
+    #[error("the store's database refused the operation: {0}")]
+    Database(String),
     /// The caller passed something the store cannot represent (the API validates first).
     #[error("cannot store this: {0}")]
     Invalid(&'static str),
@@ -109,6 +118,7 @@ impl StoreError {
                 | Self::BelowFloor { .. }
                 | Self::Io(_)
                 | Self::Failed(_)
+                | Self::Unreachable(_)
         ) || matches!(self, Self::Seal(e) if e.is_transient())
     }
 

@@ -29,6 +29,7 @@ mod block;
 mod data_keys;
 mod error;
 pub mod idempotency;
+pub mod postgres;
 mod record;
 pub mod seal;
 pub mod sled;

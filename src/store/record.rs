@@ -266,3 +266,28 @@ impl Outcome {
         }))
     }
 }
+
+/// Counts what a commit made durable: signatures by kid, rejections by code, accepted → signed
+/// latency, batches completed.
+pub(crate) fn observe_commit<'a>(
+    results: &[Outcome],
+    fact: impl Fn(usize) -> Option<&'a SignedRecord>,
+    applied: &[(usize, i64)],
+    batches_done: usize,
+) {
+    let m = crate::metrics::get();
+    let now = crate::metrics::now_secs();
+    for &(i, accepted_at) in applied {
+        match (fact(i), &results[i].result) {
+            (Some(fact), _) => {
+                m.signatures.with_label_values(&[fact.kid.as_str()]).inc();
+                m.record_latency.observe((now - accepted_at as f64).max(0.0));
+            }
+            (None, RecordResult::Rejected { error, .. }) => {
+                m.rejected.with_label_values(&[error.code.as_str()]).inc();
+            }
+            (None, RecordResult::Signed { .. }) => {}
+        }
+    }
+    m.batches.with_label_values(&["done"]).inc_by(batches_done as u64);
+}

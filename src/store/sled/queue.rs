@@ -10,7 +10,7 @@ use sled::Transactional;
 
 use super::batches::abort;
 use super::layout::{self, BatchMeta, RecordKey, StoredState};
-use super::record::{RecordResult, WorkItem};
+use super::record::WorkItem;
 use super::seal::{Context, DataKey, Purpose};
 use super::{SledStore, StoreError, shred};
 use crate::audit::{Event, SignedRecord};
@@ -30,31 +30,6 @@ pub(super) struct Leases {
     /// retried via `retry`, or belongs to a batch being purged). Keeps `claim` O(max) instead
     /// of re-reading every leased record each time.
     cursor: Option<RecordKey>,
-}
-
-/// Counts what a commit made durable: signatures by kid, rejections by code, accepted → signed
-/// latency, batches completed.
-fn observe_commit(
-    results: &[Outcome],
-    lines: &[(RecordKey, sled::IVec, Option<SignedRecord>)],
-    applied: &[(usize, i64)],
-    batches_done: usize,
-) {
-    let m = crate::metrics::get();
-    let now = crate::metrics::now_secs();
-    for &(i, accepted_at) in applied {
-        match (&lines[i].2, &results[i].result) {
-            (Some(fact), _) => {
-                m.signatures.with_label_values(&[fact.kid.as_str()]).inc();
-                m.record_latency.observe((now - accepted_at as f64).max(0.0));
-            }
-            (None, RecordResult::Rejected { error, .. }) => {
-                m.rejected.with_label_values(&[error.code.as_str()]).inc();
-            }
-            (None, RecordResult::Signed { .. }) => {}
-        }
-    }
-    m.batches.with_label_values(&["done"]).inc_by(batches_done as u64);
 }
 
 /// A block value holding `entries`, sealed for `ctx`.
@@ -376,7 +351,7 @@ impl SledStore {
         self.publish_head(&mut head, new_head);
         drop(head);
         drop(visible);
-        observe_commit(&results, &lines, &applied, stats.batches_done);
+        crate::store::record::observe_commit(&results, |i| lines[i].2.as_ref(), &applied, stats.batches_done);
         inner.queued.fetch_sub(stats.applied as i64, Ordering::SeqCst);
         let mut leases = self.leases();
         for o in &results {
