@@ -25,6 +25,8 @@
 
 pub mod backend;
 mod batch;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod data_keys;
 mod error;
 pub mod idempotency;
