@@ -13,10 +13,12 @@
 //! idempotency keys ([`idempotency`]), retention ([`retention`]), the audit chain ([`audit`]),
 //! key records and CSCAs ([`keys`]), the KEK pin and the data-key stock ([`kek`]). What only one
 //! backend can show (sled's trees and files, a `kill -9` of a child process, PostgreSQL's
-//! failover) stays in that backend's own tests.
+//! failover) stays in that backend's own tests. [`faults`] holds the suite itself to account:
+//! each promise broken on purpose must fail its test.
 
 pub mod audit;
 pub mod exactly_once;
+pub mod faults;
 pub mod idempotency;
 pub mod kek;
 pub mod keys;

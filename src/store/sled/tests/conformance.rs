@@ -39,3 +39,9 @@ impl Fixture for SledFixture {
 }
 
 crate::store::conformance::suite!(SledFixture::new());
+
+/// The suite fails a backend that breaks a promise (sled with one promise broken on purpose).
+#[test]
+fn the_suite_catches_broken_backends() {
+    crate::store::conformance::faults::the_suite_catches_broken_backends(&|| Box::new(SledFixture::new()));
+}
