@@ -8,7 +8,11 @@
 //! crate::store::conformance::suite!(SledFixture::new());
 //! ```
 //!
-//! which expands to one `#[test]` per promise, each on its own fixture. The areas are in files of
+//! which expands to one `#[test]` per promise, each on its own fixture, in a module per area
+//! (`store::sled::tests::conformance::lifecycle::durable_across_reopen`). A PostgreSQL fixture
+//! makes a scratch database per fixture, opens a new `PgStore` on it in
+//! [`Fixture::open_with`], and another one in [`Fixture::second_handle`] (a second cluster
+//! node), so the two-node tests run too. The areas are in files of
 //! their own: the lifecycle ([`lifecycle`]), exactly one result per record ([`exactly_once`]),
 //! idempotency keys ([`idempotency`]), retention ([`retention`]), the audit chain ([`audit`]),
 //! key records and CSCAs ([`keys`]), the KEK pin and the data-key stock ([`kek`]). What only one
@@ -56,6 +60,8 @@ pub trait Fixture {
     }
 
     /// Closes `store` (flushed, dropped) and opens the same store again, as after a restart.
+    /// The suite leaves no record leased across a reopen: a cluster backend's leases outlive
+    /// their handle until they expire, sled's die with it (each backend tests that itself).
     fn reopen(&self, store: Store) -> Store {
         store.close().expect("close the store");
         self.open()
@@ -63,49 +69,70 @@ pub trait Fixture {
 }
 
 /// One `#[test]` per promise of the suite, each on a fresh fixture from `$fixture` (an
-/// expression evaluated once per test).
+/// expression evaluated once per test, in a module per area: `…::lifecycle::durable_across_reopen`).
 macro_rules! suite {
     ($fixture:expr) => {
-        $crate::store::conformance::suite!(@tests $fixture;
-            lifecycle::submit_claim_commit_stream_delete,
-            lifecycle::results_stream_in_record_order_whatever_the_commit_order,
-            lifecycle::isolation_between_issuers,
-            lifecycle::durable_across_reopen,
-            lifecycle::readers_writers_and_purges_run_concurrently,
-            lifecycle::edge_input_is_refused_or_stored_as_given,
-            lifecycle::health_and_identity,
-            exactly_once::a_duplicate_commit_keeps_the_first_result,
-            exactly_once::a_late_commit_after_release_yields_one_result,
-            exactly_once::release_offers_records_again_first,
-            exactly_once::concurrent_claimers_never_share_a_record,
-            exactly_once::two_handles_never_share_a_record,
-            exactly_once::delete_drops_the_results_of_leased_records,
-            idempotency::same_request_same_batch_per_issuer,
-            idempotency::another_request_is_refused_and_stores_nothing,
-            idempotency::a_replay_answers_the_batch_as_it_stands,
-            idempotency::a_retry_after_delete_is_refused_across_reopen,
-            idempotency::concurrent_submits_under_one_key_make_one_batch,
-            retention::expired_batches_are_purged_and_unsigned_records_counted,
-            retention::tombstones_expire_after_a_retention_period,
-            audit::appends_checkpoints_and_signatures_form_one_verified_chain,
-            audit::at_head_sees_the_end_and_may_append_nothing,
-            audit::concurrent_appenders_form_one_chain,
-            audit::the_chain_is_durable_across_reopen,
-            keys::key_records_compare_and_set_with_their_events,
-            keys::concurrent_compare_and_set_has_one_winner,
-            keys::cscas_trusted_and_pending,
-            keys::key_records_and_cscas_are_durable_across_reopen,
-            kek::the_kek_label_is_pinned_once,
-            kek::a_handle_without_the_right_kek_reads_and_writes_no_records,
-            kek::batches_are_accepted_while_the_kek_is_away_until_the_stock_is_used_up,
-            kek::stopping_the_stock_waits_for_the_wrap_in_flight_and_starts_no_other,
+        $crate::store::conformance::suite!(@areas $fixture;
+            lifecycle: [
+                submit_claim_commit_stream_delete,
+                results_stream_in_record_order_whatever_the_commit_order,
+                isolation_between_issuers,
+                durable_across_reopen,
+                readers_writers_and_purges_run_concurrently,
+                edge_input_is_refused_or_stored_as_given,
+                health_and_identity,
+            ],
+            exactly_once: [
+                a_duplicate_commit_keeps_the_first_result,
+                a_late_commit_after_release_yields_one_result,
+                release_offers_records_again_first,
+                concurrent_claimers_never_share_a_record,
+                two_handles_never_share_a_record,
+                delete_drops_the_results_of_leased_records,
+            ],
+            idempotency: [
+                same_request_same_batch_per_issuer,
+                another_request_is_refused_and_stores_nothing,
+                a_replay_answers_the_batch_as_it_stands,
+                a_retry_after_delete_is_refused_across_reopen,
+                concurrent_submits_under_one_key_make_one_batch,
+            ],
+            retention: [
+                expired_batches_are_purged_and_unsigned_records_counted,
+                tombstones_expire_after_a_retention_period,
+            ],
+            audit: [
+                appends_checkpoints_and_signatures_form_one_verified_chain,
+                at_head_sees_the_end_and_may_append_nothing,
+                concurrent_appenders_form_one_chain,
+                the_chain_is_durable_across_reopen,
+            ],
+            keys: [
+                key_records_compare_and_set_with_their_events,
+                concurrent_compare_and_set_has_one_winner,
+                cscas_trusted_and_pending,
+                key_records_and_cscas_are_durable_across_reopen,
+            ],
+            kek: [
+                the_kek_label_is_pinned_once,
+                a_handle_without_the_right_kek_reads_and_writes_no_records,
+                batches_are_accepted_while_the_kek_is_away_until_the_stock_is_used_up,
+                stopping_the_stock_waits_for_the_wrap_in_flight_and_starts_no_other,
+            ],
         );
     };
-    (@tests $fixture:expr; $($area:ident :: $name:ident),+ $(,)?) => {
+    (@areas $fixture:expr; $($area:ident: [$($name:ident),+ $(,)?]),+ $(,)?) => {
         $(
-            #[test]
-            fn $name() {
-                $crate::store::conformance::$area::$name(&$fixture);
+            mod $area {
+                #[allow(unused_imports)]
+                use super::*;
+
+                $(
+                    #[test]
+                    fn $name() {
+                        $crate::store::conformance::$area::$name(&$fixture);
+                    }
+                )+
             }
         )+
     };
