@@ -5,6 +5,21 @@ use serde::Serialize;
 /// Length of a batch id in bytes (128 random bits; the API shows it as 32 hex digits).
 pub(crate) const BATCH_ID_LEN: usize = 16;
 
+/// The batch id as handed to issuers: 32 lowercase hex characters (URL-safe).
+pub(crate) fn batch_id_text(id: &[u8; BATCH_ID_LEN]) -> String {
+    hex::encode(id)
+}
+
+/// Parses a batch id from a URL; anything not of our exact form is simply not found.
+pub(crate) fn parse_batch_id(text: &str) -> Option<[u8; BATCH_ID_LEN]> {
+    if text.len() != 2 * BATCH_ID_LEN || text.bytes().any(|c| c.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut id = [0u8; BATCH_ID_LEN];
+    hex::decode_to_slice(text, &mut id).ok()?;
+    Some(id)
+}
+
 /// A batch's state as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -25,6 +25,7 @@
 
 pub mod backend;
 mod batch;
+mod block;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod data_keys;
