@@ -96,8 +96,8 @@ impl XorShift {
 fn resolve_shuffled(f: &dyn Fixture, seed: u64) {
     let issuer = format!("shuffle-{seed:x}");
     let mut store = f.open();
-    // Sizes that cut any block-sized grouping a backend may use (sled: 32 records).
-    let a = submit(&store, &issuer, None, 3 * 32 + 5, 1);
+    // Sizes that cut the shared block encoding's blocks anywhere (`store::block`).
+    let a = submit(&store, &issuer, None, 3 * crate::store::block::BLOCK as usize + 5, 1);
     let b = submit(&store, &issuer, None, 70, 1);
     let total = (a.total + b.total) as usize;
     let mut rng = XorShift(seed);
