@@ -57,9 +57,10 @@ impl TestStore {
     ///
     /// The seam for PostgreSQL: once `dev-init --postgres URL` exists, this arm starts a
     /// throw-away cluster (`hcert_signer::store::postgres::scratch::ScratchCluster::start()`,
-    /// Unix socket only), returns `--postgres <its url()>`, and hands the cluster to the
-    /// [`Daemon`] (a field declared after `child`, so it stops after the daemon was killed).
-    /// Until then it fails the test: a run asked for PostgreSQL must never pass on sled.
+    /// Unix socket only), returns `--postgres <its url()>` (and its `password_file()`, however
+    /// dev-init takes it), and hands the cluster to the [`Daemon`] (a field declared after
+    /// `child`, so it stops after the daemon was killed). Until then it fails the test: a run
+    /// asked for PostgreSQL must never pass on sled.
     fn dev_init_args(self) -> Vec<String> {
         match self {
             TestStore::Sled => Vec::new(),
