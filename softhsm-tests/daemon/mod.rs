@@ -8,7 +8,7 @@
 //! makes: `sled` (the default, also when unset or empty) or `postgres`. `scripts/test.sh` runs
 //! the binaries that hold both backends to the same promises (API, rotation, crash, audit,
 //! the insider suite's idempotency and retention) a second time with `postgres` once
-//! `HCERT_TEST_POSTGRES=1` ([`TestStore`]). Tests of what only sled has (its files on a full
+//! `HCERT_TEST_ON_POSTGRES=1` ([`TestStore`]). Tests of what only sled has (its files on a full
 //! disk, shredding in its files, tampering with its audit tree) ask for
 //! [`Daemon::init_on`]`(TestStore::Sled)` or check [`Daemon::store`].
 #![allow(dead_code)] // each test binary uses a different subset
