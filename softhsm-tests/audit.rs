@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use daemon::{BIN, Daemon, audit_verify, copy_dir, records, wait_done};
+use daemon::{BIN, Daemon, TestStore, audit_verify, copy_dir, records, wait_done};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -98,6 +98,12 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
     let entries = report["summary"]["entries"].as_u64().unwrap();
     assert!(entries >= 6, "{report}");
 
+    // Tampering edits sled's audit tree; on PostgreSQL it is to edit the audit table instead.
+    assert_eq!(
+        d.store,
+        TestStore::Sled,
+        "the tampering half of this test is written for sled only (not yet for the PostgreSQL audit table)"
+    );
     let state = d.path().join("state");
     let audit_key = state.join("audit-key.pem");
     let check = |store: &Path| {

@@ -22,7 +22,8 @@
 //! refuses (EBUSY) while any file on it is open for writing, and sled keeps its files open for
 //! the life of the store, idle or not.
 //!
-//! The tests need root (mount, losetup); without it they print SKIPPED and pass.
+//! The tests need root (mount, losetup); without it they print SKIPPED and pass. They are sled's:
+//! their daemons run on sled whatever `HCERT_TEST_STORE` says.
 
 mod daemon;
 
@@ -32,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, ops_get, records, verify_all, wait_done};
+use daemon::{Daemon, TestStore, ops_get, records, verify_all, wait_done};
 use hcert_signer::client::{ApiClient, Reply};
 use serde_json::{Value, json};
 
@@ -394,7 +395,7 @@ async fn deadline(body: impl std::future::Future<Output = ()>) {
 async fn below_the_reserve_new_batches_wait_while_accepted_ones_are_signed() {
     deadline(async {
         let t0 = Instant::now();
-        let mut d = Daemon::init();
+        let mut d = Daemon::init_on(TestStore::Sled);
         // Against the default reserve of 256 MiB (no store.min_free_mb in the config).
         let fs = mounted!("below the reserve", Tmpfs::mount(&d.path().join("disk"), "384m"));
         use_state_dir(&d, &fs.path.join("state"), "");
@@ -447,7 +448,7 @@ async fn below_the_reserve_new_batches_wait_while_accepted_ones_are_signed() {
 async fn a_full_disk_pauses_signing_at_the_floor_and_it_resumes_without_a_restart() {
     deadline(async {
         let t0 = Instant::now();
-        let mut d = Daemon::init();
+        let mut d = Daemon::init_on(TestStore::Sled);
         // The default reserve (256 MiB) and so a floor of 32 MiB.
         let fs = mounted!("under the floor", Tmpfs::mount(&d.path().join("disk"), "384m"));
         // One pipeline worker: signing then runs slower than the batches are submitted, so
@@ -530,7 +531,7 @@ async fn a_full_disk_pauses_signing_at_the_floor_and_it_resumes_without_a_restar
 async fn enospc_inside_sled_stops_the_store_and_a_restart_loses_nothing() {
     deadline(async {
         let t0 = Instant::now();
-        let mut d = Daemon::init();
+        let mut d = Daemon::init_on(TestStore::Sled);
         let fs = mounted!("ENOSPC inside sled", Tmpfs::mount(&d.path().join("disk"), "256m"));
         // The reserve and floor off: sled itself meets ENOSPC.
         use_state_dir(&d, &fs.path.join("state"), "\n[store]\nmin_free_mb = 0\n");
@@ -586,7 +587,7 @@ async fn enospc_inside_sled_stops_the_store_and_a_restart_loses_nothing() {
 async fn a_store_turned_read_only_stops_and_a_restart_loses_nothing() {
     deadline(async {
         let t0 = Instant::now();
-        let mut d = Daemon::init();
+        let mut d = Daemon::init_on(TestStore::Sled);
         let fs = mounted!("read-only store", Ext4::mount(&d.path().join("disk"), 128));
         // A 128 MiB disk: a reserve to match (floor 4 MiB).
         use_state_dir(&d, &fs.mount.join("state"), "\n[store]\nmin_free_mb = 8\n");

@@ -1,6 +1,16 @@
 //! A real daemon for integration tests: `dev-init` in a temp dir (fresh SoftHSM token, CAs,
 //! keys, config), `hcert-signer serve` as a child process, and mTLS clients from the
 //! certificates dev-init wrote.
+//!
+//! # Which store backend
+//!
+//! `HCERT_TEST_STORE` ([`STORE_ENV`]) picks the backend of every daemon [`Daemon::init`]
+//! makes: `sled` (the default, also when unset or empty) or `postgres`. `scripts/test.sh` runs
+//! the binaries that hold both backends to the same promises (API, rotation, crash, audit,
+//! the insider suite's idempotency and retention) a second time with `postgres` once
+//! `HCERT_TEST_ON_POSTGRES=1` ([`TestStore`]). Tests of what only sled has (its files on a full
+//! disk, shredding in its files, tampering with its audit tree) ask for
+//! [`Daemon::init_on`]`(TestStore::Sled)` or check [`Daemon::store`].
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
@@ -18,10 +28,66 @@ use serde_json::{Value, json};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_hcert-signer");
 
+/// The environment variable that picks the store backend of the daemons under test.
+pub const STORE_ENV: &str = "HCERT_TEST_STORE";
+
+/// The store backend a test daemon runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestStore {
+    /// The embedded sled store in the daemon's state directory (dev-init's default).
+    Sled,
+    /// PostgreSQL: a scratch cluster of the test's own (issue 19).
+    Postgres,
+}
+
+impl TestStore {
+    /// The backend [`STORE_ENV`] names: `sled` when unset or empty; anything but `sled` and
+    /// `postgres` fails the test, so a typo never quietly tests sled.
+    pub fn from_env() -> TestStore {
+        match std::env::var(STORE_ENV) {
+            Err(std::env::VarError::NotPresent) => TestStore::Sled,
+            Ok(v) if v.is_empty() || v == "sled" => TestStore::Sled,
+            Ok(v) if v == "postgres" => TestStore::Postgres,
+            Ok(v) => panic!("{STORE_ENV}={v:?}: expected sled or postgres"),
+            Err(e) => panic!("{STORE_ENV}: {e}"),
+        }
+    }
+
+    /// What `dev-init` needs besides `--dir` for this backend.
+    ///
+    /// The seam for PostgreSQL: once `dev-init --postgres URL` exists, this arm starts a
+    /// throw-away cluster (`hcert_signer::store::postgres::scratch::ScratchCluster::start()`,
+    /// Unix socket only), returns `--postgres <its url()>` (and its `password_file()`, however
+    /// dev-init takes it), and hands the cluster to the [`Daemon`] (a field declared after
+    /// `child`, so it stops after the daemon was killed). Until then it fails the test: a run
+    /// asked for PostgreSQL must never pass on sled.
+    fn dev_init_args(self) -> Vec<String> {
+        match self {
+            TestStore::Sled => Vec::new(),
+            TestStore::Postgres => {
+                let help =
+                    Command::new(BIN).args(["dev-init", "--help"]).output().expect("run dev-init --help");
+                let built = String::from_utf8_lossy(&help.stdout).contains("--postgres");
+                panic!(
+                    "{STORE_ENV}=postgres: {}; unset {STORE_ENV} (or set it to sled) to run on sled",
+                    if built {
+                        "dev-init --postgres exists now, but the test helper does not start a scratch cluster \
+                         for it yet (softhsm-tests/daemon/mod.rs, TestStore::dev_init_args)"
+                    } else {
+                        "dev-init --postgres is not built yet"
+                    }
+                )
+            }
+        }
+    }
+}
+
 /// A dev-init directory with a daemon that may be running.
 pub struct Daemon {
     /// The dev-init directory (kept while the value lives).
     pub dir: tempfile::TempDir,
+    /// The store backend it runs on.
+    pub store: TestStore,
     /// API address.
     pub listen: SocketAddr,
     /// Operations (health, metrics) address.
@@ -32,20 +98,35 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// dev-init in a fresh directory (not started yet).
+    /// dev-init in a fresh directory (not started yet), on the backend [`STORE_ENV`] names.
     pub fn init() -> Daemon {
+        Daemon::init_on(TestStore::from_env())
+    }
+
+    /// dev-init in a fresh directory (not started yet), on `store` whatever [`STORE_ENV`]
+    /// says: for tests of one backend's own storage.
+    pub fn init_on(store: TestStore) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let out =
-            Command::new(BIN).args(["dev-init", "--dir"]).arg(dir.path()).output().expect("run dev-init");
+        let out = Command::new(BIN)
+            .args(["dev-init", "--dir"])
+            .arg(dir.path())
+            .args(store.dev_init_args())
+            .output()
+            .expect("run dev-init");
         assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
         let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
         let log = dir.path().join("daemon.log");
-        Daemon { listen: config.listen, ops: config.metrics_listen, dir, child: None, log }
+        Daemon { listen: config.listen, ops: config.metrics_listen, dir, store, child: None, log }
     }
 
     /// dev-init and start, waiting until ready.
     pub fn start() -> Daemon {
-        let mut d = Daemon::init();
+        Daemon::start_on(TestStore::from_env())
+    }
+
+    /// dev-init on `store` and start, waiting until ready.
+    pub fn start_on(store: TestStore) -> Daemon {
+        let mut d = Daemon::init_on(store);
         d.spawn();
         d.wait_ready(Duration::from_secs(60));
         d

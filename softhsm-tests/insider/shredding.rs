@@ -13,7 +13,7 @@ use hcert_signer::config::Config;
 use serde_json::{Value, json};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::daemon::{Daemon, records, wait_done};
+use crate::daemon::{Daemon, TestStore, records, wait_done};
 
 /// Records whose personal data the test chose: distinctive, non-ASCII names (so NFC and NFD
 /// differ), birth dates, refs, and for half of them a supplied UVCI.
@@ -175,7 +175,8 @@ async fn sign(d: &Daemon, key: &str, recs: &[Value]) -> (String, Vec<Value>) {
 /// moved past the retention period) neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chosen_personal_data_is_never_readable_under_the_store_directory() {
-    let mut d = Daemon::start();
+    // What is searched is sled's directory; PostgreSQL's data directory would need its own scan.
+    let mut d = Daemon::start_on(TestStore::Sled);
     let dir = store_dir(&d);
     let (recs_a, chosen_a) = chosen("alpha", 40);
     let (id_a, results_a) = sign(&d, "shred-a", &recs_a).await;

@@ -26,6 +26,8 @@
 pub mod backend;
 mod batch;
 mod block;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod data_keys;
 mod error;
 pub mod idempotency;

@@ -1,8 +1,9 @@
-//! Sled store tests on real sled directories: the shared helpers and the layout's invariant
-//! checker here; the lifecycle, exactly-once, durability, isolation and retention in
+//! Sled store tests on real sled directories: the backend conformance suite in `conformance`
+//! (every promise of the interface, [`crate::store::conformance`]), and what only sled has —
+//! the layout's invariant checker here; what a purge and a lease leave in the trees in
 //! `lifecycle`; damaged data, full and read-only disks in `damage`; `kill -9` of a child
-//! process and the measurements in `crash`; idempotency and crypto-shredding in files of
-//! their own.
+//! process and the measurements in `crash`; hashed idempotency keys and crypto-shredding in
+//! sled's files in files of their own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -13,79 +14,23 @@ use std::time::{Duration, Instant};
 
 use super::layout::{self, BatchMeta, StoredState};
 use super::*;
-use crate::store::{
-    BatchState, CommitStats, KEY_STOCK, NewRecord, Outcome, RecordError, RecordResult, Submitted, WorkItem,
-};
+use crate::store::conformance::kit::{self, parsed_results, records, refs, result_for, sign_all, submit};
+use crate::store::{CommitStats, NewRecord, Outcome, RecordResult, WorkItem};
 
+mod conformance;
 mod crash;
 mod damage;
 mod idempotency_keys;
 mod lifecycle;
 mod shredding;
 
-/// The same test KEK in every process (the kill -9 tests reopen a child's store).
+/// The suite's KEK in every process (the kill -9 tests reopen a child's store).
 fn options() -> StoreOptions {
-    StoreOptions {
-        key_wrap: Some(seal::testing::MemoryKek::with_key([0x4b; 32])),
-        cache_capacity: 8 << 20,
-        min_free_bytes: 0,
-    }
+    StoreOptions { key_wrap: Some(kit::kek()), cache_capacity: 8 << 20, min_free_bytes: 0 }
 }
 
 fn open(dir: &Path) -> SledStore {
     SledStore::open(dir, options()).expect("open store")
-}
-
-const DCC: &[u8] = br#"{"ver":"1.3.0","nam":{"fnt":"NGUYEN"},"dob":"1990-01-01"}"#;
-
-fn refs(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
-}
-
-fn records(refs: &[String]) -> Vec<NewRecord<'_>> {
-    refs.iter().map(|r| NewRecord { r#ref: r, dcc_json: DCC }).collect()
-}
-
-fn submit(store: &SledStore, issuer: &str, key: Option<&str>, n: usize, now: i64) -> Submitted {
-    let refs = refs(issuer, n);
-    store.submit(issuer, key, &records(&refs), now).expect("submit")
-}
-
-/// A result for a claimed item: every third rejected.
-fn result_for(item: &WorkItem) -> RecordResult {
-    if item.key.index() % 3 == 2 {
-        RecordResult::Rejected {
-            r#ref: item.r#ref.clone(),
-            error: RecordError { code: "schema".into(), message: "test rejection".into() },
-        }
-    } else {
-        RecordResult::Signed {
-            r#ref: item.r#ref.clone(),
-            hc1: format!("HC1:{}", item.r#ref),
-            uvci: "URN:UVCI:01:VN:TEST".into(),
-            kid: "AAAAAAAAAAA=".into(),
-            iat: 1,
-            exp: 2,
-        }
-    }
-}
-
-fn sign_all(store: &SledStore, chunk: usize) -> usize {
-    let mut n = 0;
-    loop {
-        let items = store.claim(chunk).unwrap();
-        if items.is_empty() {
-            return n;
-        }
-        n += items.len();
-        store.commit(items.iter().map(|i| (i.key, result_for(i))).collect()).unwrap();
-    }
-}
-
-/// A batch's results as streamed, parsed.
-fn parsed_results(store: &SledStore, issuer: &str, batch_id: &str) -> Vec<RecordResult> {
-    let lines = store.results(issuer, batch_id).unwrap().expect("the batch exists");
-    lines.map(|l| serde_json::from_slice(&l.unwrap()).expect("a result line parses")).collect()
 }
 
 fn tree_len(tree: &sled::Tree) -> usize {
