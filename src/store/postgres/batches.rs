@@ -209,7 +209,7 @@ impl PgStore {
             let purged = self.tx(|tx| {
                 let rows = tx.query(
                     "DELETE FROM batches WHERE seq IN (
-                         SELECT seq FROM batches WHERE created_at < $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
+                         SELECT seq FROM batches WHERE created_at <= $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
                      RETURNING seq, id, idempotency, total - signed - rejected",
                     &[&cutoff, &PURGE_CHUNK],
                 )?;
@@ -223,7 +223,7 @@ impl PgStore {
             }
         }
         self.tx(|tx| {
-            tx.execute("DELETE FROM idempotency WHERE deleted_at < $1", &[&cutoff])?;
+            tx.execute("DELETE FROM idempotency WHERE deleted_at <= $1", &[&cutoff])?;
             Ok(())
         })?;
         if total > 0 {

@@ -20,8 +20,8 @@ mod results;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -57,12 +57,11 @@ struct Inner {
     /// Unwrapped data keys of live batches, by seq.
     key_cache: seal::KeyCache<u64>,
     key_stock: OnceLock<Arc<KeyStock>>,
-    /// Blocks this process leased, with the lease token a commit must still hold.
-    leases: Mutex<HashMap<(u64, u32), i64>>,
+    /// Blocks this process leased: the lease token a commit must still hold, the records
+    /// handed out and those waiting for the next claim.
+    leases: Mutex<BTreeMap<(u64, u32), queue::Held>>,
     /// The cluster's queued records as last read, and when.
     queued: Mutex<(u64, Option<Instant>)>,
-    /// Records leased by this process (for `has_work`).
-    leased_records: AtomicI64,
     corrupt_records: AtomicU64,
     expired_unsigned: AtomicU64,
 }
@@ -71,6 +70,26 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(stock) = self.key_stock.get() {
             stock.stop();
+        }
+        // Blocks still leased here go back at once rather than when their leases expire, so a
+        // node that stops (or restarts) strands nothing for the others.
+        let held = std::mem::take(&mut *lock(&self.leases));
+        if held.is_empty() {
+            return;
+        }
+        let (blocks, tokens): (Vec<(u64, u32)>, Vec<i64>) = held.iter().map(|(b, h)| (*b, h.token())).unzip();
+        let (seqs, firsts) = queue::split(&blocks);
+        let given = self.pool.get().and_then(|mut c| {
+            c.execute(
+                "UPDATE pending p SET lease_token = NULL, lease_until = NULL
+                 FROM unnest($1::bigint[], $2::integer[], $3::bigint[]) AS u(s, b, t)
+                 WHERE p.batch_seq = u.s AND p.block = u.b AND p.lease_token = u.t",
+                &[&seqs, &firsts, &tokens],
+            )
+            .map_err(|e| db_error(&e))
+        });
+        if let Err(e) = given {
+            log::warn!("store: {} leased block(s) not given back, their leases will expire: {e}", blocks.len());
         }
     }
 }
@@ -89,9 +108,8 @@ impl PgStore {
                 node,
                 key_cache: seal::KeyCache::new(KEY_CACHE),
                 key_stock: OnceLock::new(),
-                leases: Mutex::new(HashMap::new()),
+                leases: Mutex::new(BTreeMap::new()),
                 queued: Mutex::new((0, None)),
-                leased_records: AtomicI64::new(0),
                 corrupt_records: AtomicU64::new(0),
                 expired_unsigned: AtomicU64::new(0),
             }),

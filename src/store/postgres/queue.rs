@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::batches::context;
 use super::{LEASE, PgStore, TxError, count, lock, random_i64};
@@ -23,15 +23,109 @@ struct BatchInfo {
     key: Option<Arc<DataKey>>,
 }
 
+/// A block this process leased: its records handed out (until committed or released) and
+/// those not handed out yet (a claim takes at most what it was asked for).
+pub(super) struct Held {
+    token: i64,
+    since: Instant,
+    out: BTreeMap<u32, WorkItem>,
+    waiting: Vec<WorkItem>,
+}
+
+impl Held {
+    /// The lease token the database holds for this block.
+    pub(super) fn token(&self) -> i64 {
+        self.token
+    }
+}
+
 impl PgStore {
-    /// Leases up to `max` pending records (whole blocks; at least one block) to this node.
+    /// Leases up to `max` pending records to this node, in queue order: records of blocks it
+    /// already holds, and whole blocks leased from the database (what is not handed out now
+    /// waits for the next claim, under the same lease).
     pub fn claim(&self, max: usize) -> Result<Vec<WorkItem>, StoreError> {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let blocks = i64::try_from((max / BLOCK as usize).max(1)).unwrap_or(i64::MAX);
+        let mut leases = lock(&self.inner.leases);
+        self.keep_leases(&mut leases)?;
+        let mut pool: Vec<WorkItem> = leases.values_mut().flat_map(|h| std::mem::take(&mut h.waiting)).collect();
+        let mut error = None;
+        while pool.len() < max {
+            let want = (max - pool.len()).div_ceil(BLOCK as usize);
+            match self.lease_blocks(want, &mut leases) {
+                Ok(items) if items.is_empty() => break,
+                Ok(items) => pool.extend(items),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        pool.sort_by_key(|w| w.key);
+        let rest = pool.split_off(pool.len().min(max));
+        for w in rest {
+            if let Some(h) = leases.get_mut(&block_of(w.key)) {
+                h.waiting.push(w);
+            }
+        }
+        for w in &pool {
+            if let Some(h) = leases.get_mut(&block_of(w.key)) {
+                h.out.insert(w.key.index(), w.clone());
+            }
+        }
+        match error {
+            Some(e) if pool.is_empty() => Err(e),
+            _ => Ok(pool),
+        }
+    }
+
+    /// Renews the leases of held blocks whose records wait, when half their time has passed;
+    /// a lease another node took over meanwhile is dropped with its waiting records.
+    fn keep_leases(&self, leases: &mut BTreeMap<(u64, u32), Held>) -> Result<(), StoreError> {
+        let stale: Vec<((u64, u32), i64)> = leases
+            .iter()
+            .filter(|(_, h)| !h.waiting.is_empty() && h.since.elapsed() > LEASE / 2)
+            .map(|(b, h)| (*b, h.token))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let lease_ms = LEASE.as_millis() as f64;
+        let (seqs, firsts): (Vec<i64>, Vec<i32>) = stale.iter().map(|((s, b), _)| (*s as i64, *b as i32)).unzip();
+        let tokens: Vec<i64> = stale.iter().map(|(_, t)| *t).collect();
+        let kept = self.tx(|tx| {
+            let rows = tx.query(
+                "UPDATE pending p SET lease_until = clock_timestamp() + $4 * interval '1 millisecond'
+                 FROM unnest($1::bigint[], $2::integer[], $3::bigint[]) AS u(s, b, t)
+                 WHERE p.batch_seq = u.s AND p.block = u.b AND p.lease_token = u.t
+                 RETURNING p.batch_seq, p.block",
+                &[&seqs, &firsts, &tokens, &lease_ms],
+            )?;
+            Ok(rows.iter().map(|r| (count(r.get(0)), r.get::<_, i32>(1) as u32)).collect::<Vec<_>>())
+        })?;
+        for (block, _) in stale {
+            if kept.contains(&block) {
+                if let Some(h) = leases.get_mut(&block) {
+                    h.since = Instant::now();
+                }
+            } else {
+                leases.remove(&block);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leases up to `blocks` blocks from the database and returns their records, each block
+    /// recorded as held.
+    fn lease_blocks(
+        &self,
+        blocks: usize,
+        leases: &mut BTreeMap<(u64, u32), Held>,
+    ) -> Result<Vec<WorkItem>, StoreError> {
+        let blocks = i64::try_from(blocks.max(1)).unwrap_or(i64::MAX);
         let token = random_i64()?;
-        let lease_ms = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
+        let lease_ms = LEASE.as_millis() as f64;
         let node = self.inner.node.clone();
         let (rows, batches) = self.tx(|tx| {
             let rows = tx.query(
@@ -43,7 +137,7 @@ impl PgStore {
                      lease_until = clock_timestamp() + $4 * interval '1 millisecond'
                  FROM c WHERE p.batch_seq = c.batch_seq AND p.block = c.block
                  RETURNING p.batch_seq, p.block, p.sealed",
-                &[&blocks, &token, &node, &(lease_ms as f64)],
+                &[&blocks, &token, &node, &lease_ms],
             )?;
             let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             let batches = tx.query(
@@ -68,7 +162,6 @@ impl PgStore {
             info.insert(seq, BatchInfo { id, issuer: b.get(2), created_at: b.get(3), key });
         }
         let mut out = Vec::new();
-        let mut leased = Vec::new();
         let mut give_back = Vec::new();
         let mut set_aside = Vec::new();
         for r in &rows {
@@ -85,7 +178,7 @@ impl PgStore {
             };
             match open_payloads(key, &batch.id, block, r.get::<_, &[u8]>(2)) {
                 Ok(payloads) => {
-                    leased.push((block, payloads.len()));
+                    leases.insert(block, Held { token, since: Instant::now(), out: BTreeMap::new(), waiting: Vec::new() });
                     for (offset, r#ref, dcc_json) in payloads {
                         out.push(WorkItem {
                             key: RecordKey::new(block.0, block.1 + u32::from(offset)),
@@ -101,13 +194,6 @@ impl PgStore {
                     log::error!("store: block {}/{} does not open and is set aside: {e}", block.0, block.1);
                     set_aside.push(block);
                 }
-            }
-        }
-        {
-            let mut leases = lock(&self.inner.leases);
-            for &(block, n) in &leased {
-                leases.insert(block, token);
-                self.inner.leased_records.fetch_add(i64::try_from(n).unwrap_or(0), Ordering::Relaxed);
             }
         }
         if !give_back.is_empty() {
@@ -138,26 +224,29 @@ impl PgStore {
         })
     }
 
-    /// Gives leased records back (their whole blocks: leases are per block).
+    /// Gives leased records back. A block none of whose records is handed out any more goes
+    /// back to the database whole, for any node (this one included) to claim.
     pub fn release(&self, keys: &[RecordKey]) {
         let mut by_token: BTreeMap<i64, Vec<(u64, u32)>> = BTreeMap::new();
         {
             let mut leases = lock(&self.inner.leases);
             for k in keys {
-                let block = (k.batch_seq(), k.block().index());
-                if let Some(token) = leases.remove(&block) {
+                let block = block_of(*k);
+                let Some(h) = leases.get_mut(&block) else { continue };
+                if let Some(w) = h.out.remove(&k.index()) {
+                    h.waiting.push(w);
+                }
+                if h.out.is_empty() {
+                    let token = h.token;
+                    leases.remove(&block);
                     by_token.entry(token).or_default().push(block);
                 }
             }
         }
-        self.inner.leased_records.fetch_sub(i64::try_from(keys.len()).unwrap_or(0), Ordering::Relaxed);
         for (token, blocks) in by_token {
             // If this fails (database away), the lease simply expires.
             if let Err(e) = self.end_leases(&blocks, token, false) {
-                log::warn!(
-                    "store: cannot give {} block(s) back now, their leases will expire: {e}",
-                    blocks.len()
-                );
+                log::warn!("store: cannot give {} block(s) back now, their leases will expire: {e}", blocks.len());
             }
         }
     }
@@ -171,14 +260,25 @@ impl PgStore {
             results.iter().map(|o| (o.result.to_json(), o.audit_record())).collect();
         let mut by_block: BTreeMap<(u64, u32), Vec<usize>> = BTreeMap::new();
         for (i, o) in results.iter().enumerate() {
-            by_block.entry((o.key.batch_seq(), o.key.block().index())).or_default().push(i);
+            by_block.entry(block_of(o.key)).or_default().push(i);
         }
         for members in by_block.values_mut() {
             members.sort_by_key(|&i| results[i].key);
         }
-        let tokens: BTreeMap<(u64, u32), i64> = {
+        // Each block's lease token, and whether this process keeps records of it after this
+        // commit (then its lease stays; otherwise what is left is offered again at once).
+        let (tokens, kept): (BTreeMap<(u64, u32), i64>, BTreeMap<(u64, u32), bool>) = {
             let leases = lock(&self.inner.leases);
-            by_block.keys().filter_map(|b| leases.get(b).map(|t| (*b, *t))).collect()
+            let mut tokens = BTreeMap::new();
+            let mut kept = BTreeMap::new();
+            for (b, members) in &by_block {
+                if let Some(h) = leases.get(b) {
+                    tokens.insert(*b, h.token);
+                    let others = h.out.keys().filter(|i| !members.iter().any(|&m| results[m].key.index() == **i));
+                    kept.insert(*b, !h.waiting.is_empty() || others.count() > 0);
+                }
+            }
+            (tokens, kept)
         };
         let (seqs, firsts) = split(&by_block.keys().copied().collect::<Vec<_>>());
         let batch_seqs: Vec<i64> = {
@@ -292,14 +392,19 @@ impl PgStore {
                     if queued.is_empty() {
                         tx.execute("DELETE FROM pending WHERE batch_seq = $1 AND block = $2", &[&seq, &first])?;
                     } else {
-                        // What is left of the block is offered again at once.
                         let sealed = seal_entries(&meta.key, &pctx, &queued)?;
                         let n = i32::try_from(queued.len()).unwrap_or(i32::MAX);
-                        tx.execute(
-                            "UPDATE pending SET sealed = $3, records = $4, lease_token = NULL, lease_until = NULL
-                             WHERE batch_seq = $1 AND block = $2",
-                            &[&seq, &first, &sealed, &n],
-                        )?;
+                        tx.execute("UPDATE pending SET sealed = $3, records = $4 WHERE batch_seq = $1 AND block = $2", &[
+                            &seq, &first, &sealed, &n,
+                        ])?;
+                        if !kept.get(&(seq_u, first_u)).copied().unwrap_or(false) {
+                            // Nothing of it is held here any more: offered again at once.
+                            tx.execute(
+                                "UPDATE pending SET lease_token = NULL, lease_until = NULL
+                                 WHERE batch_seq = $1 AND block = $2",
+                                &[&seq, &first],
+                            )?;
+                        }
                     }
                 }
                 if resolved.len() != resolved_before {
@@ -346,19 +451,24 @@ impl PgStore {
         crate::store::record::observe_commit(&results, |i| lines[i].1.as_ref(), &applied, stats.batches_done);
         {
             let mut leases = lock(&self.inner.leases);
-            for block in by_block.keys() {
-                leases.remove(block);
+            for (block, members) in &by_block {
+                let Some(h) = leases.get_mut(block) else { continue };
+                for &m in members {
+                    h.out.remove(&results[m].key.index());
+                }
+                if !kept.get(block).copied().unwrap_or(false) {
+                    leases.remove(block);
+                }
             }
         }
-        self.inner.leased_records.fetch_sub(i64::try_from(results.len()).unwrap_or(0), Ordering::Relaxed);
         self.queue_changed();
         Ok(stats)
     }
 
-    /// Whether records may be waiting that nobody holds.
+    /// Whether records may be waiting that this process does not hold out.
     pub fn has_work(&self) -> bool {
-        let leased = self.inner.leased_records.load(Ordering::Relaxed).max(0);
-        self.queued_records() > count(leased)
+        let out: usize = lock(&self.inner.leases).values().map(|h| h.out.len()).sum();
+        self.queued_records() > out as u64
     }
 
     /// Age of the oldest pending record, cluster-wide.
@@ -415,6 +525,11 @@ fn seal_entries(key: &DataKey, ctx: &seal::Context, entries: &[(u8, &[u8])]) -> 
 }
 
 /// Blocks as the two arrays `unnest` takes.
-fn split(blocks: &[(u64, u32)]) -> (Vec<i64>, Vec<i32>) {
+pub(super) fn split(blocks: &[(u64, u32)]) -> (Vec<i64>, Vec<i32>) {
     blocks.iter().map(|&(s, b)| (s as i64, b as i32)).unzip()
+}
+
+/// The block a record is in, as the lease map keys it.
+fn block_of(key: RecordKey) -> (u64, u32) {
+    (key.batch_seq(), key.block().index())
 }

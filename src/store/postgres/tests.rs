@@ -1,60 +1,41 @@
-//! PostgreSQL store tests on a real database.
+//! The PostgreSQL store on a real database: the backend conformance suite
+//! ([`crate::store::conformance`]), each test on a database of its own, with a second handle as
+//! a second cluster node.
+
+use std::sync::Arc;
 
 use super::*;
-use crate::store::{NewRecord, RecordResult, Store};
+use crate::store::Store;
+use crate::store::conformance::Fixture;
 
-fn dev_store() -> Store {
-    let url = std::env::var("HCERT_DEV_PG").expect("HCERT_DEV_PG");
-    let config = PgConfig { url, password: None, pool_size: 4 };
-    let options = StoreOptions {
-        key_wrap: Some(seal::testing::MemoryKek::with_key([0x4b; 32])),
-        ..StoreOptions::default()
-    };
-    Store::from_backend(PgStore::open(&config, options).unwrap())
+/// A fresh database on the test server.
+struct PgFixture {
+    url: String,
 }
 
-#[test]
-#[ignore = "dev"]
-fn smoke() {
-    let store = dev_store();
-    let refs: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
-    let recs: Vec<NewRecord<'_>> = refs.iter().map(|r| NewRecord { r#ref: r, dcc_json: b"{}" }).collect();
-    let s = store.submit("issuer", Some("k1"), &recs, 1000).unwrap();
-    assert!(s.created);
-    let again = store.submit("issuer", Some("k1"), &recs, 1000).unwrap();
-    assert!(!again.created);
-    assert_eq!(again.batch_id, s.batch_id);
-    assert!(matches!(
-        store.submit("issuer", Some("k1"), &recs[..3], 1000),
-        Err(StoreError::IdempotencyConflict)
-    ));
-    let mut n = 0;
-    loop {
-        let items = store.claim(16).unwrap();
-        if items.is_empty() {
-            break;
-        }
-        let outcomes: Vec<(crate::store::RecordKey, RecordResult)> = items
-            .iter()
-            .map(|i| {
-                (
-                    i.key,
-                    RecordResult::Rejected {
-                        r#ref: i.r#ref.clone(),
-                        error: crate::store::RecordError { code: "x".into(), message: "y".into() },
-                    },
-                )
-            })
-            .collect();
-        n += store.commit(outcomes).unwrap().applied;
+impl PgFixture {
+    fn new() -> Self {
+        let server = std::env::var("HCERT_DEV_PG").expect("HCERT_DEV_PG");
+        let name = format!("t{:016x}", random_i64().unwrap() as u64);
+        let mut c = postgres::Client::connect(&format!("{server} dbname=postgres"), postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        Self { url: format!("{server} dbname={name}") }
     }
-    assert_eq!(n, 40);
-    let st = store.batch("issuer", &s.batch_id).unwrap().unwrap();
-    assert_eq!(st.rejected, 40);
-    let lines: Vec<_> =
-        store.results("issuer", &s.batch_id).unwrap().unwrap().collect::<Result<_, _>>().unwrap();
-    assert_eq!(lines.len(), 40);
-    assert!(store.delete("issuer", &s.batch_id).unwrap());
-    assert!(matches!(store.submit("issuer", Some("k1"), &recs, 1000), Err(StoreError::BatchDeleted { .. })));
-    store.audit_append(vec![]).unwrap();
+
+    fn handle(&self, key_wrap: Option<Arc<dyn seal::KeyWrap>>) -> Store {
+        let config = PgConfig { url: self.url.clone(), password: None, pool_size: 4 };
+        Store::from_backend(PgStore::open(&config, StoreOptions { key_wrap, ..StoreOptions::default() }).unwrap())
+    }
 }
+
+impl Fixture for PgFixture {
+    fn open_with(&self, key_wrap: Option<Arc<dyn seal::KeyWrap>>) -> Store {
+        self.handle(key_wrap)
+    }
+
+    fn second_handle(&self) -> Option<Store> {
+        Some(self.handle(Some(crate::store::conformance::kit::kek())))
+    }
+}
+
+crate::store::conformance::suite!(PgFixture::new());
