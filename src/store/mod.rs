@@ -93,6 +93,7 @@ mod error;
 pub mod idempotency;
 mod keys;
 mod layout;
+pub mod postgres;
 mod queue;
 mod record;
 mod results;

@@ -1,0 +1,295 @@
+//! Tests of the PostgreSQL plumbing against real servers started by [`ScratchCluster`].
+
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use super::migrate::{self, Applied, MIGRATIONS, Migration};
+use super::*;
+
+fn pool(cluster: &ScratchCluster) -> PgPool {
+    PgPool::new(PgSettings::new(&cluster.url(), Some(cluster.password_file()), None, 4).expect("settings"))
+}
+
+fn schema_rows(pool: &PgPool) -> Vec<(i32, String, Vec<u8>)> {
+    pool.run(|c| c.query("SELECT version, name, sha256 FROM hcert_schema ORDER BY version", &[]))
+        .expect("read hcert_schema")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn secret_file(dir: &Path, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join("password");
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn two_nodes_starting_at_once_migrate_exactly_once() {
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let barrier = Arc::new(Barrier::new(2));
+    let nodes: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, barrier) = (pool(&cluster), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                migrate::migrate(&pool)
+            })
+        })
+        .collect();
+    let mut results: Vec<migrate::Migrated> =
+        nodes.into_iter().map(|t| t.join().unwrap().expect("both nodes start")).collect();
+    results.sort_by_key(|m| m.applied.len());
+    assert_eq!(results[0].applied, Vec::<i32>::new(), "the second node found nothing to do");
+    assert_eq!(results[1].applied, vec![1], "the first node applied 0001");
+    assert!(results.iter().all(|m| m.version == 1));
+    let pool = pool(&cluster);
+    let rows = schema_rows(&pool);
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].0, rows[0].1.as_str()), (1, "meta"));
+    assert_eq!(rows[0].2, MIGRATIONS[0].sha256());
+    // hcert_meta exists and has the shape 0001 gives it.
+    pool.run(|c| c.execute("INSERT INTO hcert_meta (key, value) VALUES ('k', '\\x01')", &[])).unwrap();
+    // Starting again changes nothing, and verify agrees.
+    assert_eq!(migrate::migrate(&pool).unwrap().applied, Vec::<i32>::new());
+    assert_eq!(migrate::verify(&pool).unwrap(), 1);
+    assert_eq!(schema_rows(&pool).len(), 1);
+}
+
+#[test]
+fn a_newer_or_changed_schema_is_refused_and_left_as_it_was() {
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = pool(&cluster);
+    // verify refuses a database that was never migrated, without creating anything.
+    let e = migrate::verify(&pool).unwrap_err();
+    assert!(e.to_string().contains("at version 0"), "{e}");
+    migrate::migrate(&pool).unwrap();
+    pool.run(|c| c.execute("INSERT INTO hcert_meta (key, value) VALUES ('kept', '\\x2a')", &[])).unwrap();
+
+    // A newer binary migrated it to version 2.
+    pool.run(|c| {
+        c.batch_execute(
+            "CREATE TABLE hcert_future (x int);
+             INSERT INTO hcert_schema (version, name, sha256) VALUES (2, 'future', '\\x00')",
+        )
+    })
+    .unwrap();
+    let before = schema_rows(&pool);
+    let e = migrate::migrate(&pool).unwrap_err();
+    assert!(matches!(e, PgError::Schema(_)) && !e.is_unavailable(), "{e:?}");
+    assert!(e.to_string().contains("schema version 2 but this binary knows versions up to 1"), "{e}");
+    assert_eq!(schema_rows(&pool), before, "hcert_schema untouched");
+    assert!(migrate::verify(&pool).is_err());
+    pool.run(|c| c.batch_execute("DELETE FROM hcert_schema WHERE version = 2; DROP TABLE hcert_future"))
+        .unwrap();
+
+    // A binary whose 0001 differs from the one applied.
+    let changed = [Migration { version: 1, name: "meta", sql: "CREATE TABLE hcert_meta (key text);" }];
+    let e = migrate::migrate_with(&pool, &changed).unwrap_err();
+    assert!(e.to_string().contains("migration 0001 was applied as \"meta\" with SHA-256"), "{e}");
+    // The same, with the recorded hash edited in the database.
+    pool.run(|c| c.execute("UPDATE hcert_schema SET sha256 = '\\xdeadbeef' WHERE version = 1", &[])).unwrap();
+    let e = migrate::migrate(&pool).unwrap_err();
+    assert!(e.to_string().contains("a migration was changed after it was applied"), "{e}");
+    let rows = schema_rows(&pool);
+    assert_eq!((rows.len(), rows[0].2.as_slice()), (1, &[0xde, 0xad, 0xbe, 0xef][..]));
+    let kept: Vec<u8> =
+        pool.run(|c| c.query_one("SELECT value FROM hcert_meta WHERE key = 'kept'", &[])).unwrap().get(0);
+    assert_eq!(kept, [0x2a]);
+}
+
+#[test]
+fn plan_accepts_exactly_a_prefix_of_the_shipped_migrations() {
+    let known = [
+        Migration { version: 1, name: "a", sql: "1" },
+        Migration { version: 2, name: "b", sql: "2" },
+        Migration { version: 3, name: "c", sql: "3" },
+    ];
+    let applied = |vs: &[i32]| -> Vec<Applied> {
+        vs.iter()
+            .map(|&v| {
+                let m = known[usize::try_from(v - 1).unwrap()];
+                Applied { version: v, name: m.name.into(), sha256: m.sha256().to_vec() }
+            })
+            .collect()
+    };
+    assert_eq!(migrate::plan(&[], &known), Ok(0));
+    assert_eq!(migrate::plan(&applied(&[1, 2]), &known), Ok(2));
+    assert_eq!(migrate::plan(&applied(&[1, 2, 3]), &known), Ok(3));
+    let gap = migrate::plan(&applied(&[1, 3]), &known).unwrap_err();
+    assert!(gap.contains("versions 1, 3 with version 2 missing"), "{gap}");
+    let newer = migrate::plan(&applied(&[1, 2, 3]), &known[..2]).unwrap_err();
+    assert!(newer.contains("schema version 3 but this binary knows versions up to 2"), "{newer}");
+    let mut renamed = applied(&[1, 2]);
+    renamed[1].name = "b2".into();
+    assert!(migrate::plan(&renamed, &known).unwrap_err().contains("migration 0002 was applied as \"b2\""));
+}
+
+#[test]
+fn shipped_migrations_are_numbered_without_holes() {
+    for (i, m) in MIGRATIONS.iter().enumerate() {
+        assert_eq!(usize::try_from(m.version).unwrap(), i + 1, "{m:?}");
+        assert!(!m.sql.trim().is_empty());
+    }
+}
+
+#[test]
+fn a_stopped_database_is_unavailable_promptly_and_the_same_pool_recovers() {
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = pool(&cluster);
+    migrate::migrate(&pool).unwrap();
+    {
+        // Several connections open and idle in the pool when the database goes away.
+        let held: Vec<_> = (0..3).map(|_| pool.get().unwrap()).collect();
+        drop(held);
+    }
+    assert_eq!(pool.open_connections(), 3);
+    cluster.stop().unwrap();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let e = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+        let t = Instant::now();
+        let e = pool.check().unwrap_err();
+        assert!(e.is_unavailable() && e.to_string().contains("PostgreSQL unavailable"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    }
+    cluster.start_again().unwrap();
+    // The first use after the restart works: the dead connections were not kept.
+    let one: i32 = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap().get(0);
+    assert_eq!(one, 1);
+    pool.check().unwrap();
+
+    // The same after SIGKILL (crash recovery on restart).
+    cluster.kill9().unwrap();
+    assert!(pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err().is_unavailable());
+    cluster.start_again().unwrap();
+    pool.check().unwrap();
+    assert_eq!(migrate::migrate(&pool).unwrap().applied, Vec::<i32>::new());
+}
+
+#[test]
+fn a_wrong_password_or_database_is_refused_without_the_password() {
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "wrong-pass-7c1e9a";
+    let file = secret_file(dir.path(), &format!("{wrong}\n"));
+    let pool = PgPool::new(PgSettings::new(&cluster.url(), Some(&file), None, 2).unwrap());
+    let e = pool.get().err().expect("refused");
+    let text = e.to_string();
+    assert!(!e.is_unavailable(), "{e:?}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    let right = std::fs::read_to_string(cluster.password_file()).unwrap();
+    assert!(!text.contains(wrong) && !text.contains(right.trim()), "{text}");
+    assert!(!format!("{e:?}").contains(wrong));
+    assert!(!format!("{pool:?}").contains(wrong));
+
+    // No password at all where the server wants one.
+    let pool = PgPool::new(PgSettings::new(&cluster.url(), None, None, 2).unwrap());
+    assert!(!pool.get().err().expect("refused").is_unavailable());
+
+    // The right password, a database that does not exist.
+    let url = cluster.url().replace("/hcert", "/nosuchdb");
+    let pool = PgPool::new(PgSettings::new(&url, Some(cluster.password_file()), None, 2).unwrap());
+    let e = pool.get().err().expect("refused");
+    assert!(!e.is_unavailable() && e.to_string().contains("nosuchdb"), "{e}");
+
+    // A password file others can read is refused before any connection.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pool = PgPool::new(PgSettings::new(&cluster.url(), Some(&file), None, 2).unwrap());
+    let e = pool.get().err().expect("refused");
+    assert!(matches!(e, PgError::Password(_)) && e.to_string().contains("readable by other users"), "{e}");
+}
+
+#[test]
+fn a_pool_on_both_hosts_follows_the_promoted_standby() {
+    let cluster = ScratchCluster::start_with_standby().expect("primary and standby");
+    assert!(cluster.url().contains("target_session_attrs=read-write"), "{}", cluster.url());
+    let pool = pool(&cluster);
+    migrate::migrate(&pool).unwrap();
+    // Committed on the primary means on the standby too (synchronous replication).
+    pool.run(|c| c.execute("INSERT INTO hcert_meta (key, value) VALUES ('before', '\\x01')", &[])).unwrap();
+    // Which server answers: each postmaster has its own start time.
+    let server = |pool: &PgPool| -> (String, bool) {
+        let row = pool
+            .run(|c| c.query_one("SELECT pg_postmaster_start_time()::text, pg_is_in_recovery()", &[]))
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let primary = server(&pool);
+    assert!(!primary.1);
+
+    cluster.kill9_primary().unwrap();
+    let e = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    cluster.promote_standby().unwrap();
+
+    // The same pool, no rebuild: it finds the new primary and writes there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match pool.run(|c| c.execute("INSERT INTO hcert_meta (key, value) VALUES ('after', '\\x02')", &[])) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.is_unavailable(), "a failover is transient, not a refusal: {e}");
+                assert!(Instant::now() < deadline, "no new primary: {e}\n{}", cluster.logs());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let promoted = server(&pool);
+    assert!(promoted.0 != primary.0 && !promoted.1, "connected to the promoted standby, now primary");
+    let keys: Vec<String> = pool
+        .run(|c| c.query("SELECT key FROM hcert_meta ORDER BY key", &[]))
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["after", "before"]);
+    assert_eq!(migrate::verify(&pool).unwrap(), 1);
+}
+
+#[test]
+fn settings_refuse_what_would_leak_or_silently_downgrade() {
+    let e = PgSettings::new("postgresql://hcert:s3cret-pw@db/hcert", None, None, 4).unwrap_err();
+    assert!(e.to_string().contains("password_file") && !e.to_string().contains("s3cret-pw"), "{e}");
+    let e = PgSettings::new("host=db user=hcert password=s3cret-pw", None, None, 4).unwrap_err();
+    assert!(e.to_string().contains("contains a password") && !e.to_string().contains("s3cret-pw"), "{e}");
+    let e = PgSettings::new("postgresql://hcert@db/hcert?sslmode=require", None, None, 4).unwrap_err();
+    assert!(e.to_string().contains("store.tls_ca is not set"), "{e}");
+    let e = PgSettings::new("postgresql://hcert@db/hcert?nosuchoption=1", None, None, 4).unwrap_err();
+    assert!(e.to_string().contains("not a PostgreSQL connection URL"), "{e}");
+    let e = PgSettings::new("postgresql:///hcert", None, None, 4).unwrap_err();
+    assert!(e.to_string().contains("names no host"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = secret_file(dir.path(), "not a certificate\n");
+    let e = PgSettings::new("postgresql://hcert@db/hcert", None, Some(&not_pem), 4).unwrap_err();
+    assert!(matches!(e, PgError::TlsCa { .. }) && e.to_string().contains("no PEM certificate"), "{e}");
+    let ca = rcgen::generate_simple_self_signed(vec!["db.example".into()]).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let s = PgSettings::new("postgresql://hcert@db.example/hcert", None, Some(&ca_file), 4).unwrap();
+    assert!(format!("{s:?}").contains("tls: true"));
+    // Several hosts and Unix socket directories, in both syntaxes.
+    let s = PgSettings::new(
+        "postgresql://hcert@%2Frun%2Fa,%2Frun%2Fb/hcert?target_session_attrs=read-write",
+        None,
+        None,
+        4,
+    )
+    .unwrap();
+    assert_eq!(s.describe(), "database hcert as hcert on /run/a, /run/b");
+    let s = PgSettings::new(
+        "host=db1,db2 user=hcert dbname=hcert target_session_attrs=read-write",
+        None,
+        None,
+        4,
+    )
+    .unwrap();
+    assert_eq!(s.describe(), "database hcert as hcert on db1, db2");
+}
