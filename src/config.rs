@@ -435,7 +435,10 @@ impl Config {
     /// Parses and checks the text of a configuration file. Relative paths are taken from `base`
     /// (the file's folder). Never reads a file: the paths are only resolved, not opened.
     pub fn from_toml_str(text: &str, base: &Path) -> Result<Config> {
-        let mut config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        // A parse error quotes the offending line: should that be a database URL with a
+        // password in it, the password is not repeated.
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| Error::Config(crate::store::postgres::connect::redact(&e.to_string())))?;
         config.resolve(base);
         config.check()?;
         Ok(config)
@@ -652,5 +655,68 @@ mod tests {
         assert!(load(MINIMAL).unwrap().api.proxy_protocol_from.is_empty());
         let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {MAX_CHUNK_SIZE}\n");
         assert_eq!(load(&chunk).unwrap().pipeline.chunk_size, Some(MAX_CHUNK_SIZE));
+    }
+
+    #[test]
+    fn the_store_backend_and_its_postgres_keys() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(
+            (c.store.backend, c.store.url.as_deref(), c.store.pool_size),
+            (StoreBackend::Sled, None, 8)
+        );
+        let store = |keys: &str| format!("{MINIMAL}\n[store]\n{keys}\n");
+        let c = load(&store(
+            "backend = \"postgres\"\nurl = \"postgresql://hcert@db1,db2/hcert?target_session_attrs=read-write\"\n\
+             password_file = \"db-password\"\ntls_ca = \"db-ca.pem\"\npool_size = 16",
+        ))
+        .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        assert!(
+            c.store.password_file.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("db-password"))
+        );
+        assert!(c.store.tls_ca.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("db-ca.pem")));
+        assert_eq!(c.store.pool_size, 16);
+        let socket = store("backend = \"postgres\"\nurl = \"postgresql://hcert@%2Frun%2Fpostgresql/hcert\"");
+        assert!(load(&socket).is_ok());
+        let kv = store("backend = \"postgres\"\nurl = \"host=/run/postgresql user=hcert dbname=hcert\"");
+        assert!(load(&kv).is_ok());
+
+        let refused = |keys: &str, expected: &str| {
+            let e = load(&store(keys)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{keys}: {e}");
+            e
+        };
+        refused("backend = \"postgres\"", "store.backend = \"postgres\" needs store.url");
+        refused("url = \"postgresql://hcert@db/hcert\"", "store.url is set but store.backend is \"sled\"");
+        refused(
+            "backend = \"sled\"\npassword_file = \"db-password\"",
+            "store.password_file is set but store.backend is \"sled\"",
+        );
+        refused("tls_ca = \"ca.pem\"", "store.tls_ca is set but store.backend is \"sled\"");
+        refused("backend = \"mysql\"", "unknown variant `mysql`");
+        let e = refused(
+            "backend = \"postgres\"\nurl = \"postgresql://hcert:hunter2-pw@db/hcert\"",
+            "store.url contains a password; remove it and put the password in the file named by store.password_file",
+        );
+        assert!(!e.contains("hunter2-pw"), "{e}");
+        let e = refused(
+            "backend = \"postgres\"\nurl = \"host=db user=hcert password=hunter2-pw\"",
+            "store.url contains a password",
+        );
+        assert!(!e.contains("hunter2-pw"), "{e}");
+        refused(
+            "backend = \"postgres\"\nurl = \"postgresql://db/hcert?bogus=1\"",
+            "store.url is not a PostgreSQL",
+        );
+        refused("backend = \"postgres\"\nurl = \"postgresql:///hcert\"", "store.url names no host");
+        // A line the TOML parser cannot read is quoted in its error, password hidden.
+        let e = load(&store("url = postgresql://hcert:hunter2-pw@db/hcert")).unwrap_err().to_string();
+        assert!(e.contains("postgresql://hcert:***@db/hcert") && !e.contains("hunter2-pw"), "{e}");
+        for n in [0, MAX_POOL_SIZE + 1] {
+            refused(
+                &format!("backend = \"postgres\"\nurl = \"postgresql://db/hcert\"\npool_size = {n}"),
+                "store.pool_size must be 1–64",
+            );
+        }
     }
 }

@@ -58,6 +58,65 @@ pub fn check_url(url: &str) -> Result<postgres::Config, String> {
     Ok(config)
 }
 
+/// `text` with any PostgreSQL password in it replaced by `***`: the password of a URL's user
+/// part (`postgresql://user:secret@host`) and the value of a `password=` key (key=value strings
+/// and URL query parameters). For text that may hold a connection string someone wrote by
+/// mistake, such as a configuration parser's error, before it is printed.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let url = rest.find("://").map(|i| (i, 0));
+        let key = find_ascii_ci(rest, "password=").map(|i| (i, 1));
+        let next = match (url, key) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some((at, kind)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        if kind == 0 {
+            let start = at + 3;
+            out.push_str(&rest[..start]);
+            rest = &rest[start..];
+            // The authority ends at the path, query, fragment, or the end of the word.
+            let end = rest.find(|c: char| "/?#\"' \t\n".contains(c)).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+                Some((colon, at)) => {
+                    out.push_str(&authority[..=colon]);
+                    out.push_str("***");
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            rest = &rest[end..];
+        } else {
+            let start = at + "password=".len();
+            out.push_str(&rest[..start]);
+            rest = &rest[start..];
+            let end = if let Some(quoted) = rest.strip_prefix('\'') {
+                // A quoted key=value value: up to the closing quote (\' escapes one).
+                let mut i = 0;
+                let bytes = quoted.as_bytes();
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                (i + 2).min(rest.len())
+            } else {
+                rest.find(|c: char| "&#\"' \t\n".contains(c)).unwrap_or(rest.len())
+            };
+            out.push_str("***");
+            rest = &rest[end..];
+        }
+    }
+}
+
+fn find_ascii_ci(haystack: &str, needle: &str) -> Option<usize> {
+    haystack.as_bytes().windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// Describes a parsed configuration for messages: hosts, database and user, never a password.
 pub fn describe(config: &postgres::Config) -> String {
     let hosts: Vec<String> = config

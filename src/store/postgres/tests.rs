@@ -293,3 +293,22 @@ fn settings_refuse_what_would_leak_or_silently_downgrade() {
     .unwrap();
     assert_eq!(s.describe(), "database hcert as hcert on db1, db2");
 }
+
+#[test]
+fn redact_hides_passwords_in_urls_and_key_value_strings() {
+    use super::connect::redact;
+    assert_eq!(
+        redact("postgresql://hcert:s3cret@db1,db2/hcert?x=1"),
+        "postgresql://hcert:***@db1,db2/hcert?x=1"
+    );
+    assert_eq!(redact("url = \"postgres://u:p%40ss@h\" and more"), "url = \"postgres://u:***@h\" and more");
+    assert_eq!(redact("postgresql://hcert@db/hcert"), "postgresql://hcert@db/hcert");
+    assert_eq!(redact("postgresql://db:5432/hcert"), "postgresql://db:5432/hcert");
+    assert_eq!(redact("host=db PASSWORD=s3cret user=u"), "host=db PASSWORD=*** user=u");
+    assert_eq!(redact("host=db password='s3 \\'cret' user=u"), "host=db password=*** user=u");
+    assert_eq!(
+        redact("postgresql://db/h?password=s3cret&sslmode=disable"),
+        "postgresql://db/h?password=***&sslmode=disable"
+    );
+    assert_eq!(redact("no secret here"), "no secret here");
+}
