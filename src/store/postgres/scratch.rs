@@ -215,6 +215,33 @@ impl ScratchCluster {
         run(&mut c, "pg_ctl promote").map(drop)
     }
 
+    /// CPU time the servers used so far (every node: postmasters, their live backends and
+    /// the backends that already exited), for `hcert-load`'s CPU per record; PostgreSQL shares
+    /// the machine's cores with the daemon. Take it before and after a run.
+    pub fn cpu_time(&self) -> Duration {
+        let ticks = rustix::param::clock_ticks_per_second().max(1);
+        let stats: Vec<(i32, i32, u64, u64)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| proc_stat(pid).map(|(ppid, own, children)| (pid, ppid, own, children)))
+            .collect();
+        let mut total = 0u64;
+        for node in std::iter::once(&self.primary).chain(&self.standby) {
+            let Some(postmaster) = node.postmaster_pid() else { continue };
+            for (pid, ppid, own, children) in &stats {
+                if *pid == postmaster {
+                    // Its exited backends' time is in its children's counters once reaped.
+                    total += own + children;
+                } else if *ppid == postmaster {
+                    total += own;
+                }
+            }
+        }
+        Duration::from_nanos(total.saturating_mul(1_000_000_000) / ticks)
+    }
+
     /// The servers' logs, for a failing test's message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -408,6 +435,17 @@ fn alive(pid: i32) -> bool {
         // The state follows the command name's closing parenthesis.
         Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
     }
+}
+
+/// A process's parent, its own CPU ticks (user + system) and its reaped children's, from
+/// `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(i32, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state, ppid, …; utime, stime, cutime, cstime are the
+    // 14th–17th fields of the whole line, so the 12th–15th after the name.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((fields.get(1)?.parse().ok()?, n(11)? + n(12)?, n(13)? + n(14)?))
 }
 
 /// Runs a command to completion, its output captured for the error.

@@ -57,6 +57,11 @@ fn two_nodes_starting_at_once_migrate_exactly_once() {
     assert_eq!(migrate::migrate(&pool).unwrap().applied, Vec::<i32>::new());
     assert_eq!(migrate::verify(&pool).unwrap(), 1);
     assert_eq!(schema_rows(&pool).len(), 1);
+    // The servers' CPU is measurable, and grows with work.
+    let before = cluster.cpu_time();
+    pool.run(|c| c.query_one("SELECT count(*) FROM generate_series(1, 3000000)", &[])).unwrap();
+    let after = cluster.cpu_time();
+    assert!(after > before && before > Duration::ZERO, "{before:?} → {after:?}");
 }
 
 #[test]
