@@ -317,3 +317,67 @@ fn redact_hides_passwords_in_urls_and_key_value_strings() {
     );
     assert_eq!(redact("no secret here"), "no secret here");
 }
+
+/// A TCP server that speaks just enough of PostgreSQL's protocol to offer TLS: it accepts the
+/// SSLRequest, completes a real rustls handshake with `cert` (or fails it, as the client
+/// decides), reads the startup message and hangs up. It tests the client's TLS, not a database.
+fn tls_offering_server(cert: &crate::pki::dev::Issued) -> u16 {
+    use rustls_pki_types::pem::PemObject as _;
+    use std::io::{Read as _, Write as _};
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut tcp, _)) = listener.accept() else { return };
+        let mut request = [0u8; 8];
+        if tcp.read_exact(&mut request).is_err() || request != [0, 0, 0, 8, 4, 210, 22, 47] {
+            return;
+        }
+        let _ = tcp.write_all(b"S");
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut startup = [0u8; 8];
+        let _ = tls.read(&mut startup);
+    });
+    port
+}
+
+#[test]
+fn with_tls_ca_the_server_certificate_is_required_to_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::dev::DevCa::new("VN", "Test", "Database CA", 1).unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let connect = |host: &str, port: u16| {
+        let url = format!("postgresql://hcert@{host}:{port}/hcert?connect_timeout=5");
+        PgPool::new(PgSettings::new(&url, None, Some(&ca_file), 1).unwrap()).get().err().expect("no database")
+    };
+
+    // Trusted and named: the handshake succeeds, and the server hanging up afterwards is an
+    // outage, not a refusal.
+    let good = ca.issue_server("localhost", &["localhost"]).unwrap();
+    let e = connect("localhost", tls_offering_server(&good));
+    assert!(e.is_unavailable(), "{e}");
+
+    // Signed by another CA: refused, naming the certificate problem.
+    let other = crate::pki::dev::DevCa::new("VN", "Other", "Other CA", 1).unwrap();
+    let e =
+        connect("localhost", tls_offering_server(&other.issue_server("localhost", &["localhost"]).unwrap()));
+    assert!(!e.is_unavailable() && e.to_string().contains("UnknownIssuer"), "{e}");
+
+    // Trusted, but for another name.
+    let e = connect("127.0.0.1", tls_offering_server(&good));
+    assert!(!e.is_unavailable() && e.to_string().contains("certificate"), "{e}");
+}
