@@ -326,25 +326,26 @@ impl PgPool {
         let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some((mut client, since)) = state.idle.pop() {
-                state.busy += 1;
                 if client.is_closed() {
-                    state.busy -= 1;
+                    // Closing a client does I/O: never under the lock.
+                    drop(state);
+                    drop(client);
+                    state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
+                state.busy += 1;
                 if since.elapsed() < VALIDATE_AFTER {
                     return Ok(self.wrap(client));
                 }
                 drop(state);
-                let valid = client.is_valid(CONNECT_TIMEOUT).is_ok();
-                if valid {
+                if client.is_valid(CONNECT_TIMEOUT).is_ok() {
                     return Ok(self.wrap(client));
                 }
                 drop(client);
-                state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.busy -= 1;
                 // One dead connection means the database went away (restart, failover): the
                 // others idling beside it are dead too.
-                state.idle.clear();
+                self.release(None, true);
+                state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             if state.busy < inner.settings.pool_size {
@@ -400,14 +401,14 @@ impl PgPool {
     fn release(&self, client: Option<Client>, lost: bool) {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         state.busy -= 1;
-        if lost {
-            state.idle.clear();
-        }
+        let dead = if lost { std::mem::take(&mut state.idle) } else { Vec::new() };
         if let Some(c) = client {
             state.idle.push((c, Instant::now()));
         }
         drop(state);
-        self.inner.returned.notify_one();
+        // Closing clients does I/O: after the lock is released.
+        drop(dead);
+        self.inner.returned.notify_all();
     }
 }
 

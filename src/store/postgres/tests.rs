@@ -381,3 +381,38 @@ fn with_tls_ca_the_server_certificate_is_required_to_verify() {
     let e = connect("127.0.0.1", tls_offering_server(&good));
     assert!(!e.is_unavailable() && e.to_string().contains("certificate"), "{e}");
 }
+
+#[test]
+fn the_pool_opens_at_most_its_size_and_hands_connections_on() {
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = PgPool::new(PgSettings::new(&cluster.url(), Some(cluster.password_file()), None, 2).unwrap());
+    let a = pool.get().unwrap();
+    let mut b = pool.get().unwrap();
+    let sessions: i64 = b
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hcert-signer'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!((sessions, pool.open_connections()), (2, 2));
+    // A third caller waits for one to come back…
+    let waiter = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            pool.get().map(|_| t.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    drop(a);
+    let waited = waiter.join().unwrap().expect("handed on");
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(2), "{waited:?}");
+    // …and gives up with a transient error when none does.
+    let held = pool.get().unwrap();
+    let t = Instant::now();
+    let e = pool.get().err().expect("busy");
+    assert!(e.is_unavailable() && e.to_string().contains("all 2 connections stayed busy"), "{e}");
+    assert!(t.elapsed() >= connect::ACQUIRE_TIMEOUT && t.elapsed() < connect::ACQUIRE_TIMEOUT * 2);
+    // A connection that failed in a way that leaves its state unknown is not reused.
+    b.discard();
+    drop((b, held));
+    assert_eq!(pool.open_connections(), 1);
+}
