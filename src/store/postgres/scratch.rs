@@ -16,12 +16,14 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use postgres::NoTls;
 
 use super::connect::socket_host;
 use super::error::one_line;
+use super::{PgError, PgSettings};
 
 /// The role and database a scratch cluster creates for the store.
 pub const ROLE: &str = "hcert";
@@ -77,7 +79,6 @@ impl Node {
 }
 
 /// A PostgreSQL cluster in a temporary directory, removed on drop (see the module doc).
-#[derive(Debug)]
 pub struct ScratchCluster {
     dir: PathBuf,
     bin: PathBuf,
@@ -85,11 +86,24 @@ pub struct ScratchCluster {
     owner: Option<(u32, u32)>,
     primary: Node,
     standby: Option<Node>,
+    /// Set by [`promote_standby`](Self::promote_standby).
+    promoted: AtomicBool,
     /// libpq's password file for the superuser, read by `pg_basebackup` and the standby.
     pgpass: PathBuf,
     superuser_password: String,
     /// The `hcert` role's password, mode 0600, as `[store] password_file` wants it.
     password_file: PathBuf,
+}
+
+impl std::fmt::Debug for ScratchCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the superuser's password.
+        f.debug_struct("ScratchCluster")
+            .field("dir", &self.dir)
+            .field("bin", &self.bin)
+            .field("standby", &self.standby.is_some())
+            .finish()
+    }
 }
 
 impl ScratchCluster {
@@ -189,9 +203,19 @@ impl ScratchCluster {
     }
 
     /// Starts the primary again after [`stop`](Self::stop) or [`kill9`](Self::kill9) (crash
-    /// recovery then replays the WAL), waiting until it accepts connections.
+    /// recovery then replays the WAL), waiting until it accepts connections. Refused once the
+    /// standby was promoted: there would be two primaries.
     pub fn start_again(&self) -> Result<(), ScratchError> {
+        if self.promoted.load(Ordering::Relaxed) {
+            return Err(failed("start_again", "the standby was promoted; the old primary stays down"));
+        }
         self.pg_ctl_start(&self.primary)
+    }
+
+    /// Settings for a pool on this cluster ([`url`](Self::url) and
+    /// [`password_file`](Self::password_file), no TLS).
+    pub fn settings(&self, pool_size: usize) -> Result<PgSettings, PgError> {
+        PgSettings::new(&self.url(), Some(&self.password_file), None, pool_size)
     }
 
     /// Kills the primary's postmaster with SIGKILL, as a power cut or the OOM killer would,
@@ -212,6 +236,7 @@ impl ScratchCluster {
         };
         let mut c = self.command("pg_ctl")?;
         c.args(["promote", "-w", "-t", &WAIT.as_secs().to_string(), "-D"]).arg(&standby.data);
+        self.promoted.store(true, Ordering::Relaxed);
         run(&mut c, "pg_ctl promote").map(drop)
     }
 
@@ -265,6 +290,7 @@ impl ScratchCluster {
         let cluster = ScratchCluster {
             primary: Node::new(&dir, "primary"),
             standby: None,
+            promoted: AtomicBool::new(false),
             pgpass: dir.join("pgpass"),
             superuser_password: random_hex(16),
             password_file: dir.join("hcert-password"),

@@ -8,7 +8,7 @@ use super::migrate::{self, Applied, MIGRATIONS, Migration};
 use super::*;
 
 fn pool(cluster: &ScratchCluster) -> PgPool {
-    PgPool::new(PgSettings::new(&cluster.url(), Some(cluster.password_file()), None, 4).expect("settings"))
+    PgPool::new(cluster.settings(4).expect("settings"))
 }
 
 fn schema_rows(pool: &PgPool) -> Vec<(i32, String, Vec<u8>)> {
@@ -256,6 +256,8 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
         .collect();
     assert_eq!(keys, ["after", "before"]);
     assert_eq!(migrate::verify(&pool).unwrap(), 1);
+    let e = cluster.start_again().unwrap_err();
+    assert!(e.to_string().contains("the old primary stays down"), "{e}");
 }
 
 #[test]
@@ -385,7 +387,7 @@ fn with_tls_ca_the_server_certificate_is_required_to_verify() {
 #[test]
 fn the_pool_opens_at_most_its_size_and_hands_connections_on() {
     let cluster = ScratchCluster::start().expect("scratch cluster");
-    let pool = PgPool::new(PgSettings::new(&cluster.url(), Some(cluster.password_file()), None, 2).unwrap());
+    let pool = PgPool::new(cluster.settings(2).unwrap());
     let a = pool.get().unwrap();
     let mut b = pool.get().unwrap();
     let sessions: i64 = b
