@@ -209,7 +209,7 @@ impl StoreConfig {
                             .into(),
                     );
                 };
-                crate::store::postgres::connect::check_url(url)?;
+                crate::store::postgres::connect::check_url(url, self.tls_ca.is_some())?;
                 if !(1..=MAX_POOL_SIZE).contains(&self.pool_size) {
                     return Err(format!("store.pool_size must be 1–{MAX_POOL_SIZE}"));
                 }
@@ -709,6 +709,10 @@ mod tests {
             "store.url is not a PostgreSQL",
         );
         refused("backend = \"postgres\"\nurl = \"postgresql:///hcert\"", "store.url names no host");
+        refused(
+            "backend = \"postgres\"\nurl = \"postgresql://db/hcert?sslmode=require\"",
+            "store.url asks for sslmode=require but store.tls_ca is not set",
+        );
         // A line the TOML parser cannot read is quoted in its error, password hidden.
         let e = load(&store("url = postgresql://hcert:hunter2-pw@db/hcert")).unwrap_err().to_string();
         assert!(e.contains("postgresql://hcert:***@db/hcert") && !e.contains("hunter2-pw"), "{e}");

@@ -39,9 +39,10 @@ const VALIDATE_AFTER: Duration = Duration::from_secs(2);
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks a `[store] url`: one tokio-postgres accepts (URL or key=value), with no password in it
-/// (configuration is read by more people and tools than the secret should be). The message
+/// (configuration is read by more people and tools than the secret should be), and asking for
+/// TLS only when `tls_ca` (whether `store.tls_ca` is set) says how to verify it. The message
 /// never repeats the URL.
-pub fn check_url(url: &str) -> Result<postgres::Config, String> {
+pub fn check_url(url: &str, tls_ca: bool) -> Result<postgres::Config, String> {
     let config = postgres::Config::from_str(url)
         .map_err(|e| format!("store.url is not a PostgreSQL connection URL or key=value string ({e})"))?;
     if config.get_password().is_some() {
@@ -49,6 +50,13 @@ pub fn check_url(url: &str) -> Result<postgres::Config, String> {
                     store.password_file (or the systemd credential hcert-store-password): a URL is \
                     printed and read where a secret must not be"
             .into());
+    }
+    if config.get_ssl_mode() == SslMode::Require && !tls_ca {
+        return Err(
+            "store.url asks for sslmode=require but store.tls_ca is not set: name the PEM file of the \
+                    CA that issued the server's certificate (TLS is then required and verified)"
+                .into(),
+        );
     }
     if config.get_hosts().is_empty() {
         return Err("store.url names no host (a host name, several separated by commas, or a Unix socket \
@@ -169,8 +177,7 @@ impl PgSettings {
         tls_ca: Option<&Path>,
         pool_size: usize,
     ) -> Result<PgSettings, PgError> {
-        let mut config =
-            check_url(url).map_err(|detail| PgError::Refused { target: "store.url".into(), detail })?;
+        let mut config = check_url(url, tls_ca.is_some()).map_err(PgError::Config)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -195,14 +202,6 @@ impl PgSettings {
             Some(path) => {
                 config.ssl_mode(SslMode::Require);
                 Some(MakeRustlsConnect::new(tls_client_config(path)?))
-            }
-            None if config.get_ssl_mode() == SslMode::Require => {
-                return Err(PgError::Refused {
-                    target: describe(&config),
-                    detail: "store.url asks for sslmode=require but store.tls_ca is not set: name the PEM \
-                             file of the CA that issued the server's certificate"
-                        .into(),
-                });
             }
             // Without tls_ca there is no TLS: no "prefer" that silently accepts any certificate.
             None => {

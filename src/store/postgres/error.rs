@@ -29,6 +29,9 @@ pub enum PgError {
         /// Why.
         detail: String,
     },
+    /// The `[store]` settings cannot work (checked again when the pool is built).
+    #[error("store: {0}")]
+    Config(String),
     /// The store password could not be read (the error names the file or credential, never
     /// its contents).
     #[error("store password: {0}")]

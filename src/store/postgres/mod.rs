@@ -34,10 +34,9 @@ impl PgSettings {
         let url = match (&store.backend, &store.url) {
             (StoreBackend::Postgres, Some(url)) => url,
             _ => {
-                return Err(PgError::Refused {
-                    target: "[store]".into(),
-                    detail: "backend = \"postgres\" and url = \"postgresql://…\" are both needed".into(),
-                });
+                return Err(PgError::Config(
+                    "backend = \"postgres\" and url = \"postgresql://…\" are both needed".into(),
+                ));
             }
         };
         PgSettings::new(url, store.password_file.as_deref(), store.tls_ca.as_deref(), store.pool_size)
