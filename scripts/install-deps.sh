@@ -23,6 +23,38 @@ if ((${#need_apt[@]})); then
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup) for the PostgreSQL store's tests
+# and hcert-load, which start their own throw-away clusters (src/store/postgres/scratch.rs).
+# The distribution's own cluster is neither created nor started: nothing should listen on the
+# test machine but what the tests start themselves.
+pg_server_found() {
+    local bindir
+    bindir=$(pg_config --bindir 2>/dev/null || true)
+    [[ -n $bindir && -x $bindir/initdb ]] && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+if ! pg_server_found; then
+    export DEBIAN_FRONTEND=noninteractive
+    mkdir -p /etc/postgresql-common
+    [[ -e /etc/postgresql-common/createcluster.conf ]] ||
+        echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+    # invoke-rc.d asks policy-rc.d whether a package may start its service: 101 = no.
+    added_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    apt-get update -qq
+    apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null
+    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
+    # Where systemd runs, keep the packaged service from starting at the next boot too.
+    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now postgresql >/dev/null 2>&1 || true
+    fi
+    pg_server_found || { echo "install-deps: postgresql installed but initdb not found" >&2; exit 1; }
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "install-deps: cargo not found; install Rust (https://rustup.rs) first" >&2
     exit 1

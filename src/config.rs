@@ -114,17 +114,37 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// Which database holds the store: `sled` (default: embedded, one appliance, under
+    /// `state_dir`) or `postgres` (a PostgreSQL cluster shared by several appliances; needs
+    /// `url`).
+    pub backend: StoreBackend,
+    /// PostgreSQL only: where the database is, as a URL (`postgresql://hcert@db1,db2/hcert?
+    /// target_session_attrs=read-write`, a Unix socket directory percent-encoded as the host:
+    /// `postgresql://hcert@%2Frun%2Fpostgresql/hcert`) or a key=value string (`host=db1,db2
+    /// user=hcert dbname=hcert target_session_attrs=read-write`). Never with a password in it.
+    pub url: Option<String>,
+    /// PostgreSQL only: a file holding the password (one line, mode 0600). Without it, the
+    /// systemd credential `hcert-store-password` (`LoadCredential=`) when present, else no
+    /// password (peer authentication over a Unix socket).
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL only: the CA certificates (PEM) the server's certificate must chain to. When
+    /// set, TLS is required and verified (host name included); when not, no TLS is used (a
+    /// Unix socket or a trusted network).
+    pub tls_ca: Option<PathBuf>,
+    /// PostgreSQL only: most connections this node opens (default 8).
+    pub pool_size: usize,
     /// Days a batch is kept when the issuer never deletes it (default 7): personal health data
     /// must not pile up.
     pub retention_days: u32,
-    /// sled's page cache in MiB (default 32: with 200,000 records accepted the daemon stays
-    /// well under 256 MiB of RSS; 64 leaves too little for the rest).
+    /// sled only: its page cache in MiB (default 32: with 200,000 records accepted the daemon
+    /// stays well under 256 MiB of RSS; 64 leaves too little for the rest).
     pub cache_mb: u64,
-    /// Free space in MiB the store keeps on its file system (default 256): below it new batches
-    /// get 503 `store_full` while the batches already accepted are still signed and served into
-    /// that room; under half of it (at most 32 MiB) signing pauses too (readiness 503), so the
-    /// database never meets a full disk, which it does not survive. Both end once space is
-    /// freed, without a restart. 0 turns the checks off (tests only). At most 1,048,576 (1 TiB).
+    /// sled only: free space in MiB the store keeps on its file system (default 256): below it
+    /// new batches get 503 `store_full` while the batches already accepted are still signed and
+    /// served into that room; under half of it (at most 32 MiB) signing pauses too (readiness
+    /// 503), so the database never meets a full disk, which it does not survive. Both end once
+    /// space is freed, without a restart. 0 turns the checks off (tests only). At most
+    /// 1,048,576 (1 TiB).
     pub min_free_mb: u64,
     /// Label of the HSM key-encryption key that wraps each batch's data key (default
     /// `hcert-kek`). Generated at the store's first start and pinned in the store: afterwards a
@@ -132,9 +152,70 @@ pub struct StoreConfig {
     pub kek_label: String,
 }
 
+/// The store's database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// The embedded sled database under `state_dir` (one appliance).
+    #[default]
+    Sled,
+    /// A PostgreSQL cluster shared by several appliances.
+    Postgres,
+}
+
+/// Largest `store.pool_size`: PostgreSQL's own default `max_connections` is 100, shared by
+/// every node.
+pub const MAX_POOL_SIZE: usize = 64;
+
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { retention_days: 7, cache_mb: 32, min_free_mb: 256, kek_label: "hcert-kek".into() }
+        Self {
+            backend: StoreBackend::Sled,
+            url: None,
+            password_file: None,
+            tls_ca: None,
+            pool_size: 8,
+            retention_days: 7,
+            cache_mb: 32,
+            min_free_mb: 256,
+            kek_label: "hcert-kek".into(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The `[store]` checks: the PostgreSQL keys belong to `backend = "postgres"`, which needs
+    /// a usable `url`.
+    fn check(&self) -> std::result::Result<(), String> {
+        match self.backend {
+            StoreBackend::Sled => {
+                let pg_only = [
+                    ("url", self.url.is_some()),
+                    ("password_file", self.password_file.is_some()),
+                    ("tls_ca", self.tls_ca.is_some()),
+                ];
+                if let Some((key, _)) = pg_only.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "store.{key} is set but store.backend is \"sled\" (the default): set backend = \"postgres\" \
+                         to use PostgreSQL, or remove {key}"
+                    ));
+                }
+            }
+            StoreBackend::Postgres => {
+                let Some(url) = &self.url else {
+                    return Err(
+                        "store.backend = \"postgres\" needs store.url = \"postgresql://…\" (where the \
+                                database is)"
+                            .into(),
+                    );
+                };
+                crate::store::postgres::connect::check_url(url, self.tls_ca.is_some())?;
+                if !(1..=MAX_POOL_SIZE).contains(&self.pool_size) {
+                    return Err(format!("store.pool_size must be 1–{MAX_POOL_SIZE}"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -354,7 +435,10 @@ impl Config {
     /// Parses and checks the text of a configuration file. Relative paths are taken from `base`
     /// (the file's folder). Never reads a file: the paths are only resolved, not opened.
     pub fn from_toml_str(text: &str, base: &Path) -> Result<Config> {
-        let mut config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        // A parse error quotes the offending line: should that be a database URL with a
+        // password in it, the password is not repeated.
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| Error::Config(crate::store::postgres::connect::redact(&e.to_string())))?;
         config.resolve(base);
         config.check()?;
         Ok(config)
@@ -376,6 +460,12 @@ impl Config {
         }
         self.signing.csca.iter_mut().for_each(|c| fix(&mut c.certificate));
         if let Some(p) = self.signing.value_sets_dir.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.store.password_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.store.tls_ca.as_mut() {
             fix(p);
         }
         // A PIN file named relative to the configuration sits beside it, like the TLS files.
@@ -439,6 +529,7 @@ impl Config {
         if let Err(e) = crate::hsm::validate_label(&self.store.kek_label) {
             return bad(format!("store.kek_label: {e}"));
         }
+        self.store.check().map_err(Error::Config)?;
         if self.store.retention_days == 0 {
             return bad("store.retention_days must be at least 1".into());
         }
@@ -564,5 +655,72 @@ mod tests {
         assert!(load(MINIMAL).unwrap().api.proxy_protocol_from.is_empty());
         let chunk = format!("{MINIMAL}\n[pipeline]\nchunk_size = {MAX_CHUNK_SIZE}\n");
         assert_eq!(load(&chunk).unwrap().pipeline.chunk_size, Some(MAX_CHUNK_SIZE));
+    }
+
+    #[test]
+    fn the_store_backend_and_its_postgres_keys() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(
+            (c.store.backend, c.store.url.as_deref(), c.store.pool_size),
+            (StoreBackend::Sled, None, 8)
+        );
+        let store = |keys: &str| format!("{MINIMAL}\n[store]\n{keys}\n");
+        let c = load(&store(
+            "backend = \"postgres\"\nurl = \"postgresql://hcert@db1,db2/hcert?target_session_attrs=read-write\"\n\
+             password_file = \"db-password\"\ntls_ca = \"db-ca.pem\"\npool_size = 16",
+        ))
+        .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        assert!(
+            c.store.password_file.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("db-password"))
+        );
+        assert!(c.store.tls_ca.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("db-ca.pem")));
+        assert_eq!(c.store.pool_size, 16);
+        let socket = store("backend = \"postgres\"\nurl = \"postgresql://hcert@%2Frun%2Fpostgresql/hcert\"");
+        assert!(load(&socket).is_ok());
+        let kv = store("backend = \"postgres\"\nurl = \"host=/run/postgresql user=hcert dbname=hcert\"");
+        assert!(load(&kv).is_ok());
+
+        let refused = |keys: &str, expected: &str| {
+            let e = load(&store(keys)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{keys}: {e}");
+            e
+        };
+        refused("backend = \"postgres\"", "store.backend = \"postgres\" needs store.url");
+        refused("url = \"postgresql://hcert@db/hcert\"", "store.url is set but store.backend is \"sled\"");
+        refused(
+            "backend = \"sled\"\npassword_file = \"db-password\"",
+            "store.password_file is set but store.backend is \"sled\"",
+        );
+        refused("tls_ca = \"ca.pem\"", "store.tls_ca is set but store.backend is \"sled\"");
+        refused("backend = \"mysql\"", "unknown variant `mysql`");
+        let e = refused(
+            "backend = \"postgres\"\nurl = \"postgresql://hcert:hunter2-pw@db/hcert\"",
+            "store.url contains a password; remove it and put the password in the file named by store.password_file",
+        );
+        assert!(!e.contains("hunter2-pw"), "{e}");
+        let e = refused(
+            "backend = \"postgres\"\nurl = \"host=db user=hcert password=hunter2-pw\"",
+            "store.url contains a password",
+        );
+        assert!(!e.contains("hunter2-pw"), "{e}");
+        refused(
+            "backend = \"postgres\"\nurl = \"postgresql://db/hcert?bogus=1\"",
+            "store.url is not a PostgreSQL",
+        );
+        refused("backend = \"postgres\"\nurl = \"postgresql:///hcert\"", "store.url names no host");
+        refused(
+            "backend = \"postgres\"\nurl = \"postgresql://db/hcert?sslmode=require\"",
+            "store.url asks for sslmode=require but store.tls_ca is not set",
+        );
+        // A line the TOML parser cannot read is quoted in its error, password hidden.
+        let e = load(&store("url = postgresql://hcert:hunter2-pw@db/hcert")).unwrap_err().to_string();
+        assert!(e.contains("postgresql://hcert:***@db/hcert") && !e.contains("hunter2-pw"), "{e}");
+        for n in [0, MAX_POOL_SIZE + 1] {
+            refused(
+                &format!("backend = \"postgres\"\nurl = \"postgresql://db/hcert\"\npool_size = {n}"),
+                "store.pool_size must be 1–64",
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! the one `audit_head` row inside the transaction of the change it records, so appends from
 //! all nodes form one line and a rolled-back change leaves no entry.
 
-use super::{PgStore, TxError, count};
+use super::store::{PgStore, TxError, count};
 use crate::audit::{Entry, Event, Hash};
 use crate::store::StoreError;
 use crate::store::backend::{AtHead, AuditEntries, RawEntry};
@@ -44,7 +44,7 @@ impl PgStore {
     /// Appends events in one transaction.
     pub fn audit_append(&self, events: Vec<Event>) -> Result<u64, StoreError> {
         let n = events.len() as u64;
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let last = self.tx(|tx| append(tx, now, events.clone()))?;
         crate::metrics::get().audit_entries.inc_by(n);
         Ok(last)
@@ -52,7 +52,7 @@ impl PgStore {
 
     /// Appends what `make` builds from the chain's end, the chain held still meanwhile.
     pub fn audit_append_at_head(&self, make: AtHead<'_>) -> Result<Option<u64>, StoreError> {
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let appended = self.tx(|tx| {
             let (last, hash) = lock_head(tx)?;
             let last_is_checkpoint = tx

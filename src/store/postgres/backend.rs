@@ -1,6 +1,6 @@
 //! The PostgreSQL store behind the [`Backend`] interface (each call is the store's own method).
 
-use super::PgStore;
+use super::store::PgStore;
 use crate::audit::{Event, Hash};
 use crate::store::backend::{AtHead, AuditEntries, Backend, RawEntry, ResultLines};
 use crate::store::{

@@ -1,7 +1,7 @@
 //! Batches in PostgreSQL: durable submission with cluster-wide idempotency, status from any
 //! node, and purging (the wrapped data key goes with the batch's row).
 
-use super::{PgStore, TxError, count};
+use super::store::{PgStore, TxError, count};
 use crate::store::batch::{BATCH_ID_LEN, batch_id_text, parse_batch_id};
 use crate::store::block::{BLOCK, BlockWriter};
 use crate::store::idempotency;
@@ -187,7 +187,7 @@ impl PgStore {
     /// Purges the issuer's batch (see [`crate::store::Backend::delete`]).
     pub fn delete(&self, issuer_id: &str, batch_id: &str) -> Result<bool, StoreError> {
         let Some(id) = parse_batch_id(batch_id) else { return Ok(false) };
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let purged = self.tx(|tx| {
             let rows = tx.query(
                 "DELETE FROM batches WHERE id = $1 AND issuer = $2
@@ -234,7 +234,7 @@ impl PgStore {
 
     /// After a purge committed: keys out of memory, leases forgotten, counts moved.
     fn purged(&self, batches: &[(i64, i32)], expired: bool) {
-        let mut leases = super::lock(&self.inner.leases);
+        let mut leases = super::store::lock(&self.inner.leases);
         for &(seq, unresolved) in batches {
             self.inner.key_cache.evict(&count(seq));
             leases.retain(|&(s, _), _| s != count(seq));

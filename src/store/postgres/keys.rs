@@ -2,7 +2,7 @@
 //! with its audit entries, and announced to the other nodes (`NOTIFY hcert_keys`) so a rotation
 //! through any node takes effect on all of them.
 
-use super::{PgStore, TxError};
+use super::store::{PgStore, TxError};
 use crate::audit::Event;
 use crate::store::StoreError;
 
@@ -27,7 +27,7 @@ impl PgStore {
         expect: Option<Option<&[u8]>>,
         events: Vec<Event>,
     ) -> Result<(), StoreError> {
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let n = events.len() as u64;
         self.tx(|tx| {
             if let Some(expect) = expect {
@@ -77,7 +77,7 @@ impl PgStore {
         cscas: &[(String, Vec<u8>)],
         events: Vec<Event>,
     ) -> Result<(), StoreError> {
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let n = events.len() as u64;
         self.tx(|tx| {
             for (fp, der) in cscas {
@@ -117,7 +117,7 @@ impl PgStore {
         trusted: Option<&[u8]>,
         events: Vec<Event>,
     ) -> Result<(), StoreError> {
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let n = events.len() as u64;
         self.tx(|tx| {
             match pending {

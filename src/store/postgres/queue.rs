@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batches::context;
-use super::{LEASE, PgStore, TxError, count, lock, random_i64};
+use super::store::{LEASE, PgStore, TxError, count, lock, random_i64};
 use crate::audit::{Event, SignedRecord};
 use crate::store::batch::batch_id_text;
 use crate::store::block::{BLOCK, BlockWriter, decode_block, decode_payload};
@@ -49,7 +49,8 @@ impl PgStore {
         }
         let mut leases = lock(&self.inner.leases);
         self.keep_leases(&mut leases)?;
-        let mut pool: Vec<WorkItem> = leases.values_mut().flat_map(|h| std::mem::take(&mut h.waiting)).collect();
+        let mut pool: Vec<WorkItem> =
+            leases.values_mut().flat_map(|h| std::mem::take(&mut h.waiting)).collect();
         let mut error = None;
         while pool.len() < max {
             let want = (max - pool.len()).div_ceil(BLOCK as usize);
@@ -92,7 +93,8 @@ impl PgStore {
             return Ok(());
         }
         let lease_ms = LEASE.as_millis() as f64;
-        let (seqs, firsts): (Vec<i64>, Vec<i32>) = stale.iter().map(|((s, b), _)| (*s as i64, *b as i32)).unzip();
+        let (seqs, firsts): (Vec<i64>, Vec<i32>) =
+            stale.iter().map(|((s, b), _)| (*s as i64, *b as i32)).unzip();
         let tokens: Vec<i64> = stale.iter().map(|(_, t)| *t).collect();
         let kept = self.tx(|tx| {
             let rows = tx.query(
@@ -178,7 +180,10 @@ impl PgStore {
             };
             match open_payloads(key, &batch.id, block, r.get::<_, &[u8]>(2)) {
                 Ok(payloads) => {
-                    leases.insert(block, Held { token, since: Instant::now(), out: BTreeMap::new(), waiting: Vec::new() });
+                    leases.insert(
+                        block,
+                        Held { token, since: Instant::now(), out: BTreeMap::new(), waiting: Vec::new() },
+                    );
                     for (offset, r#ref, dcc_json) in payloads {
                         out.push(WorkItem {
                             key: RecordKey::new(block.0, block.1 + u32::from(offset)),
@@ -246,7 +251,10 @@ impl PgStore {
         for (token, blocks) in by_token {
             // If this fails (database away), the lease simply expires.
             if let Err(e) = self.end_leases(&blocks, token, false) {
-                log::warn!("store: cannot give {} block(s) back now, their leases will expire: {e}", blocks.len());
+                log::warn!(
+                    "store: cannot give {} block(s) back now, their leases will expire: {e}",
+                    blocks.len()
+                );
             }
         }
     }
@@ -267,14 +275,15 @@ impl PgStore {
         }
         // Each block's lease token, and whether this process keeps records of it after this
         // commit (then its lease stays; otherwise what is left is offered again at once).
-        let (tokens, kept): (BTreeMap<(u64, u32), i64>, BTreeMap<(u64, u32), bool>) = {
+        let (tokens, kept): (BTreeMap<Block, i64>, BTreeMap<Block, bool>) = {
             let leases = lock(&self.inner.leases);
             let mut tokens = BTreeMap::new();
             let mut kept = BTreeMap::new();
             for (b, members) in &by_block {
                 if let Some(h) = leases.get(b) {
                     tokens.insert(*b, h.token);
-                    let others = h.out.keys().filter(|i| !members.iter().any(|&m| results[m].key.index() == **i));
+                    let others =
+                        h.out.keys().filter(|i| !members.iter().any(|&m| results[m].key.index() == **i));
                     kept.insert(*b, !h.waiting.is_empty() || others.count() > 0);
                 }
             }
@@ -286,7 +295,7 @@ impl PgStore {
             v.dedup();
             v
         };
-        let now = super::unix_now();
+        let now = super::store::unix_now();
         let (stats, applied, done, appended) = self.tx(|tx| {
             let mut stats = CommitStats::default();
             let mut applied: Vec<(usize, i64)> = Vec::new();
@@ -528,6 +537,9 @@ fn seal_entries(key: &DataKey, ctx: &seal::Context, entries: &[(u8, &[u8])]) -> 
 pub(super) fn split(blocks: &[(u64, u32)]) -> (Vec<i64>, Vec<i32>) {
     blocks.iter().map(|&(s, b)| (s as i64, b as i32)).unzip()
 }
+
+/// A block: its batch's seq and its first record's index.
+type Block = (u64, u32);
 
 /// The block a record is in, as the lease map keys it.
 fn block_of(key: RecordKey) -> (u64, u32) {

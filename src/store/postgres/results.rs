@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::batches::context;
-use super::{PgStore, count};
+use super::store::{PgStore, count};
 use crate::store::StoreError;
 use crate::store::backend::ResultLines;
 use crate::store::batch::parse_batch_id;
