@@ -167,12 +167,20 @@ fn verify(source: &Source, audit_key: Option<&Path>, anchor: Option<&Path>) -> R
     }
 }
 
-/// Opens the store offline and says where its audit key's public half is.
+/// Opens the store offline (a stopped appliance's sled directory, or the cluster's database)
+/// and says where its audit key's public half is.
 fn open_store(source: &Source) -> Result<(Store, PathBuf)> {
+    let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
     let (dir, key) = match (&source.config, &source.store) {
         (Some(config), _) => {
             let c = Config::load(config)?;
-            (c.state_dir.join("store"), c.state_dir.join(super::serve::AUDIT_KEY_FILE))
+            let key = c.state_dir.join(super::serve::AUDIT_KEY_FILE);
+            if c.store.backend == crate::config::StoreBackend::Postgres {
+                let store = Store::open_configured(&c.store, &c.state_dir, options, false)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                return Ok((store, key));
+            }
+            (c.state_dir.join("store"), key)
         }
         (None, Some(dir)) => {
             let parent = dir.parent().unwrap_or(Path::new("."));
@@ -183,8 +191,7 @@ fn open_store(source: &Source) -> Result<(Store, PathBuf)> {
     if !dir.join("conf").exists() {
         return Err(Error::Config(format!("{} holds no store", dir.display())));
     }
-    let store = Store::open(&dir, StoreOptions { min_free_bytes: 0, ..StoreOptions::default() })
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let store = Store::open(&dir, options).map_err(|e| Error::Config(e.to_string()))?;
     Ok((store, key))
 }
 

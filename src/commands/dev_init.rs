@@ -51,10 +51,26 @@ pub struct Args {
     /// Issuing country (CWT iss, DSC and CSCA subject C).
     #[arg(long, default_value = "VN")]
     pub country: String,
+    /// Keep the store in this PostgreSQL database (`[store] backend = "postgres"`) instead of
+    /// the embedded one, e.g. `postgresql://hcert@%2Frun%2Fpostgresql/hcert`. No password in it:
+    /// see `--postgres-password-file`.
+    #[arg(long, value_name = "URL", conflicts_with = "join")]
+    pub postgres: Option<String>,
+    /// With `--postgres`: the file holding the database password.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub postgres_password_file: Option<PathBuf>,
+    /// Write a further node of the cluster set up in DIR (made with `--postgres`): the same
+    /// token, certificates and database, its own ports and state directory. Nothing else is
+    /// made.
+    #[arg(long, value_name = "DIR")]
+    pub join: Option<PathBuf>,
 }
 
 /// Builds the setup; prints what it made.
 pub fn run(args: Args) -> Result<ExitCode> {
+    if let Some(first) = &args.join {
+        return join(&args, first);
+    }
     let dir = prepare_dir(&args.dir)?;
     // SoftHSM reads SOFTHSM2_CONF when the module is loaded: re-execute with it set first.
     let conf = dir.join("softhsm2.conf");
@@ -137,7 +153,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let listen = args.listen.unwrap_or(free_a);
     // The second free port unless it is the one just taken (an explicit --listen may name it).
     let metrics_listen = args.metrics_listen.unwrap_or(if free_b == listen { free_a } else { free_b });
-    let config = config_toml(&dir, &args.module, country, listen, metrics_listen, &dsc_path, &upload_path);
+    let mut config =
+        config_toml(&dir, &args.module, country, listen, metrics_listen, &dsc_path, &upload_path);
+    if let Some(url) = &args.postgres {
+        config.push_str(&store_toml(url, args.postgres_password_file.as_deref()));
+    }
     write_file(&dir.join("config.toml"), &config)?;
     for (name, roles) in CLIENTS {
         if roles.contains("officer") {
@@ -155,6 +175,71 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("  API https://{listen}  metrics http://{metrics_listen}/metrics");
     println!("  run with SOFTHSM2_CONF={} (the daemon sets it itself from config.toml)", conf.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A further node of the cluster set up in `first`: its config.toml with its own ports and
+/// state directory, the rest (token, certificates, database, clients) shared; officer profiles
+/// naming its address.
+fn join(args: &Args, first: &Path) -> Result<ExitCode> {
+    let first = first.canonicalize().map_err(Error::file(first))?;
+    let text =
+        std::fs::read_to_string(first.join("config.toml")).map_err(Error::file(first.join("config.toml")))?;
+    let config = crate::config::Config::load(&first.join("config.toml"))?;
+    if config.store.backend != crate::config::StoreBackend::Postgres {
+        return Err(Error::Config(format!(
+            "{} keeps its store in its own state directory: a cluster needs one made with --postgres",
+            first.display()
+        )));
+    }
+    let dir = prepare_dir(&args.dir)?;
+    let [free_a, free_b] = free_ports()?;
+    let listen = args.listen.unwrap_or(free_a);
+    let metrics_listen = args.metrics_listen.unwrap_or(if free_b == listen { free_a } else { free_b });
+    let state = dir.join("state");
+    let mut out = String::new();
+    for line in text.lines() {
+        let replaced = if line.starts_with("listen = ") {
+            format!("listen = \"{listen}\"")
+        } else if line.starts_with("metrics_listen = ") {
+            format!("metrics_listen = \"{metrics_listen}\"")
+        } else if line.starts_with("state_dir = ") {
+            format!("state_dir = \"{}\"", state.display())
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&replaced);
+        out.push('\n');
+    }
+    write_file(&dir.join("config.toml"), &out)?;
+    // The audit key's public half, pinned at the cluster's first start (see the runbook).
+    let pem = config.state_dir.join(super::serve::AUDIT_KEY_FILE);
+    if pem.exists() {
+        std::fs::create_dir_all(&state).map_err(Error::file(&state))?;
+        std::fs::copy(&pem, state.join(super::serve::AUDIT_KEY_FILE)).map_err(Error::file(&pem))?;
+    }
+    for (name, roles) in CLIENTS {
+        if roles.contains("officer") {
+            write_file(&dir.join(format!("{name}.toml")), &profile_toml(&first, name, listen))?;
+        }
+    }
+    println!("dev-init: node of the cluster in {} joined to {}", dir.display(), first.display());
+    println!("  config  {}", dir.join("config.toml").display());
+    println!("  API https://{listen}  metrics http://{metrics_listen}/metrics");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `[store]` section of a node on PostgreSQL.
+fn store_toml(url: &str, password_file: Option<&Path>) -> String {
+    let mut s = format!("\n[store]\nbackend = \"postgres\"\nurl = {}\n", toml_string(url));
+    if let Some(p) = password_file {
+        let _ = writeln!(s, "password_file = {}", toml_string(&p.display().to_string()));
+    }
+    s
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -51,17 +51,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     crate::logging::init(&config.log_level);
 
     let hsm = Hsm::open(&config.hsm)?;
-    // The store owns its folder; the state directory also holds the audit key's public half.
-    let store_dir = config.state_dir.join("store");
-    let store = Store::open(
-        &store_dir,
+    // The embedded store owns its folder under the state directory, which also holds the audit
+    // key's public half; a PostgreSQL store is waited for while it cannot be reached.
+    let store = Store::open_configured(
+        &config.store,
+        &config.state_dir,
         StoreOptions {
             key_wrap: Some(HsmKeyWrap::new(hsm.clone(), &config.store.kek_label)),
             cache_capacity: config.store.cache_mb << 20,
             min_free_bytes: config.store.min_free_mb << 20,
         },
+        true,
     )
-    .map_err(|e| Error::Config(format!("store {}: {e}", store_dir.display())))?;
+    .map_err(|e| Error::Config(format!("store: {e}")))?;
     // Before anything is accepted: a store whose KEK is gone must not start (exit 78).
     kek::ensure(&hsm, &store, &config.store.kek_label).map_err(|e| Error::Config(e.to_string()))?;
     // Pinned: made (and its public half written) only at the first start, checked at every
@@ -124,6 +126,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ..defaults
         },
     )?;
+    // In a cluster: another node's rotation or CSCA addition is read again here within
+    // seconds, and its new batches wake an idle worker here too.
+    let (lifecycle, waker) = (keys.clone(), pipeline.waker());
+    store.watch(Arc::new(move |change| match change {
+        crate::store::Change::Keys => {
+            if let Err(e) = lifecycle.reload() {
+                log::warn!("keys: cannot read the cluster's keys again: {e}");
+            }
+        }
+        crate::store::Change::Work => waker.wake(),
+    }));
 
     let tls_state = TlsState::new(tls::server_config(&config.tls)?);
     let state = Arc::new(AppState {

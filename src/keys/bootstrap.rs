@@ -112,16 +112,7 @@ impl Lifecycle {
             }
         }
         // From now on the store's CSCAs are the ones a DSC must chain to.
-        let trusted = self
-            .store
-            .csca_records()?
-            .iter()
-            .map(|(id, der)| {
-                Csca::from_der(der).map_err(|e| crate::store::StoreError::Corrupt(format!("CSCA {id}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        *self.cscas.write().unwrap_or_else(std::sync::PoisonError::into_inner) = trusted;
-        self.refresh()?;
+        self.reload()?;
         Ok(outcome)
     }
 

@@ -294,6 +294,20 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Reads the store's CSCAs and active keys again: at start, and when another appliance of
+    /// the cluster changed them (a rotation or a CSCA addition through any node takes effect
+    /// on every node).
+    pub fn reload(&self) -> Result<(), KeyError> {
+        let trusted = self
+            .store
+            .csca_records()?
+            .iter()
+            .map(|(id, der)| Csca::from_der(der).map_err(|e| StoreError::Corrupt(format!("CSCA {id}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.cscas.write().unwrap_or_else(PoisonError::into_inner) = trusted;
+        self.refresh()
+    }
+
     /// The CSCAs a DSC may chain to now.
     pub(super) fn trusted_cscas(&self) -> Vec<Csca> {
         self.cscas.read().unwrap_or_else(PoisonError::into_inner).clone()

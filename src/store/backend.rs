@@ -22,6 +22,19 @@ pub type ResultLines = Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>> + Se
 /// whether that entry is a checkpoint). `None` appends nothing.
 pub type AtHead<'a> = &'a mut dyn FnMut(u64, &Hash, bool) -> Option<Event>;
 
+/// What another handle on the same store (another appliance of the cluster) changed, for the
+/// caches and the idle workers of this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Key records or CSCAs: reload them.
+    Keys,
+    /// New work was queued: wake an idle worker.
+    Work,
+}
+
+/// Called with each [`Change`]; must return quickly.
+pub type OnChange = std::sync::Arc<dyn Fn(Change) + Send + Sync>;
+
 /// A durable store of batches, their records and results, the work queue, key records, the
 /// country's CSCAs and the audit log.
 pub trait Backend: Send + Sync {
@@ -163,6 +176,15 @@ pub trait Backend: Send + Sync {
 
     /// Data keys made ahead and waiting.
     fn stocked_data_keys(&self) -> usize;
+
+    // The cluster.
+
+    /// Calls `on_change` for what other handles change from now on, and for every kind of
+    /// change after each reconnection (changes may have been missed meanwhile). A backend that
+    /// one process owns alone has no other handles and never calls it.
+    fn watch(&self, on_change: OnChange) {
+        let _ = on_change;
+    }
 
     // Health.
 

@@ -40,7 +40,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use backend::{Backend, RawEntry, ResultLines};
+pub use backend::{Backend, Change, OnChange, RawEntry, ResultLines};
 pub use batch::{BatchState, BatchStatus, Submitted};
 pub use error::StoreError;
 pub use record::{
@@ -108,6 +108,37 @@ impl Store {
     /// Opens (or creates) the embedded sled store in `dir`.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         Ok(Self::from_backend(sled::SledStore::open(dir, options)?))
+    }
+
+    /// Opens the store `[store]` configures: sled under `state_dir/store`, or PostgreSQL (its
+    /// schema migrated). With `wait`, an unreachable database is waited for (logged, retried
+    /// with backoff) instead of an error, so an appliance booting before its database comes up
+    /// by itself; a refusal (credentials, schema, TLS) is returned at once.
+    pub fn open_configured(
+        config: &crate::config::StoreConfig,
+        state_dir: &Path,
+        options: StoreOptions,
+        wait: bool,
+    ) -> Result<Self, StoreError> {
+        match config.backend {
+            crate::config::StoreBackend::Sled => Self::open(&state_dir.join("store"), options),
+            crate::config::StoreBackend::Postgres => {
+                let mut pause = std::time::Duration::from_millis(250);
+                loop {
+                    let settings = postgres::PgSettings::from_config(config)
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                    match postgres::PgStore::open(settings, options.clone()) {
+                        Ok(store) => return Ok(Self::from_backend(store)),
+                        Err(e) if wait && e.is_unavailable() => {
+                            log::warn!("store: {e}; retrying in {pause:?}");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
     }
 
     /// A store on `backend`.

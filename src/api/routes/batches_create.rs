@@ -31,19 +31,20 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let body = read_json(req, state.limits.max_body_bytes).await?;
-    // Backpressure: refuse new work rather than grow without bound.
-    if state.store.queued_records() >= state.limits.max_queued_records {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the signing queue is full; retry later",
-        )
-        .retry_after(10));
-    }
     let st = state.clone();
     let issuer = client.issuer_id.clone();
-    // Parsing megabytes of JSON and the fsync both block: keep them off the reactor.
+    // Parsing megabytes of JSON, the commit and (in a cluster) counting the queue all block:
+    // keep them off the reactor.
     let submitted = blocking(move || {
+        // Backpressure: refuse new work rather than grow without bound.
+        if st.store.queued_records() >= st.limits.max_queued_records {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the signing queue is full; retry later",
+            )
+            .retry_after(10));
+        }
         let req = parse_batch(&body, st.limits.max_batch_records)?;
         let records = req.new_records();
         let now = crate::clock::now_unix();

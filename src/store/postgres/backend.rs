@@ -158,6 +158,10 @@ impl Backend for PgStore {
         PgStore::stocked_data_keys(self)
     }
 
+    fn watch(&self, on_change: crate::store::OnChange) {
+        PgStore::watch(self, on_change);
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         PgStore::check(self)
     }

@@ -30,6 +30,7 @@ mod store;
 mod suite;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use connect::{PgPool, PgSettings, PooledClient};
 pub use error::PgError;

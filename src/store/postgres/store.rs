@@ -2,7 +2,7 @@
 //! batches, queue, results, audit chain and key records in the files beside it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,10 @@ pub struct PgStore {
 
 pub(super) struct Inner {
     pub(super) pool: PgPool,
+    /// For the listening connection ([`super::watch`]).
+    settings: PgSettings,
+    /// Ends the listening thread.
+    watch_stop: Arc<AtomicBool>,
     pub(super) options: StoreOptions,
     /// This process, as lease holder (host, pid and a random part: a restarted daemon is
     /// another node, whose predecessor's leases expire).
@@ -49,6 +53,7 @@ pub(super) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.watch_stop.store(true, Ordering::SeqCst);
         if let Some(stock) = self.key_stock.get() {
             stock.stop();
         }
@@ -81,11 +86,13 @@ impl PgStore {
     /// Connects to the database, applies the store's migrations (refusing a schema this
     /// binary does not know) and returns the store.
     pub fn open(settings: PgSettings, options: StoreOptions) -> Result<Self, StoreError> {
-        let pool = super::open(settings).map_err(store_error)?;
+        let pool = super::open(settings.clone()).map_err(store_error)?;
         let node = format!("{}/{}/{:08x}", hostname(), std::process::id(), random_i64()? as u32);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                settings,
+                watch_stop: Arc::new(AtomicBool::new(false)),
                 options,
                 node,
                 key_cache: seal::KeyCache::new(KEY_CACHE),
@@ -218,6 +225,11 @@ impl PgStore {
     /// Data keys made ahead and waiting.
     pub fn stocked_data_keys(&self) -> usize {
         self.inner.key_stock.get().map_or(0, |s| s.len())
+    }
+
+    /// Hears what the other nodes change ([`super::watch`]).
+    pub fn watch(&self, on_change: crate::store::OnChange) {
+        super::watch::start(self.inner.settings.clone(), on_change, self.inner.watch_stop.clone());
     }
 
     /// Readiness: the database answers (a primary that accepts writes).
