@@ -262,7 +262,8 @@ fn tls_client_config(path: &Path) -> Result<rustls::ClientConfig, PgError> {
 }
 
 /// A pool of connections. Cheap to clone, `Send + Sync`; every call blocks, so async callers
-/// run it on blocking threads. A connection is opened when one is needed and none is idle, up
+/// run it on blocking threads (`spawn_blocking`): the synchronous client drives its connection
+/// with a runtime of its own, which tokio refuses to start on one of its async workers. A connection is opened when one is needed and none is idle, up
 /// to the pool size; a dead one is noticed (closed, or failing a check after idling) and
 /// dropped, so the pool recovers by itself when the database is back or another host became
 /// the primary — no rebuild, no restart.

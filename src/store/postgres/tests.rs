@@ -418,3 +418,29 @@ fn the_pool_opens_at_most_its_size_and_hands_connections_on() {
     drop((b, held));
     assert_eq!(pool.open_connections(), 1);
 }
+
+#[test]
+fn the_pool_works_on_the_daemons_blocking_threads() {
+    // The daemon calls the store from tokio's blocking threads (spawn_blocking), where the
+    // synchronous client may run its own small runtime; on an async worker it would panic.
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = pool(&cluster);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let sums: Vec<i64> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|i: i64| {
+                let pool = pool.clone();
+                tokio::task::spawn_blocking(move || {
+                    pool.run(|c| c.query_one("SELECT $1::bigint + 1", &[&i])).map(|r| r.get::<_, i64>(0))
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap());
+        }
+        out
+    });
+    assert_eq!(sums, (1..=8).collect::<Vec<i64>>());
+    assert!(pool.open_connections() <= 4);
+}
