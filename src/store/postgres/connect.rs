@@ -33,7 +33,7 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection idle this long is checked (an empty query) before it is handed out: after a
 /// restart or failover it is dead, and its first real use would fail instead.
-const VALIDATE_AFTER: Duration = Duration::from_secs(2);
+pub const VALIDATE_AFTER: Duration = Duration::from_secs(2);
 /// The TCP keepalive and user timeouts: a peer that vanished (a machine lost, a partition) is
 /// noticed within this rather than after the kernel's two hours.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -263,10 +263,14 @@ fn tls_client_config(path: &Path) -> Result<rustls::ClientConfig, PgError> {
 
 /// A pool of connections. Cheap to clone, `Send + Sync`; every call blocks, so async callers
 /// run it on blocking threads (`spawn_blocking`): the synchronous client drives its connection
-/// with a runtime of its own, which tokio refuses to start on one of its async workers. A connection is opened when one is needed and none is idle, up
-/// to the pool size; a dead one is noticed (closed, or failing a check after idling) and
-/// dropped, so the pool recovers by itself when the database is back or another host became
-/// the primary — no rebuild, no restart.
+/// with a runtime of its own, which tokio refuses to start on one of its async workers.
+///
+/// A connection is opened when one is needed and none is idle, up to the pool size. A dead one
+/// is noticed (closed, failing a check after idling [`VALIDATE_AFTER`], or failing a query
+/// with a transient error) and dropped with every idle one beside it, so the pool recovers by
+/// itself when the database is back or another host became the primary — no rebuild, no
+/// restart. A connection used within [`VALIDATE_AFTER`] before an outage may fail its next
+/// query once: callers treat [`PgError::Unavailable`] as "try again", like any other outage.
 #[derive(Clone)]
 pub struct PgPool {
     inner: Arc<PoolInner>,

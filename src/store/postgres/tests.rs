@@ -444,3 +444,47 @@ fn the_pool_works_on_the_daemons_blocking_threads() {
     assert_eq!(sums, (1..=8).collect::<Vec<i64>>());
     assert!(pool.open_connections() <= 4);
 }
+
+#[test]
+fn a_listener_hears_notifications_and_listens_again_after_a_restart() {
+    use super::listen::{Event, Listener, notify};
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = pool(&cluster);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = Listener::start(cluster.settings(1).unwrap(), &["hcert_keys", "hcert_other"], move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap();
+    let next = || rx.recv_timeout(Duration::from_secs(20)).expect("an event");
+    assert_eq!(next(), Event::Listening);
+    pool.run(|c| notify(c, "hcert_keys", "rotated")).unwrap();
+    pool.run(|c| notify(c, "not_listened", "x")).unwrap();
+    // Sent inside a transaction: delivered at its commit, in order.
+    pool.run(|c| {
+        let mut tx = c.transaction()?;
+        notify(&mut tx, "hcert_other", "in-tx")?;
+        tx.commit()
+    })
+    .unwrap();
+    assert_eq!(next(), Event::Notified { channel: "hcert_keys".into(), payload: "rotated".into() });
+    assert_eq!(next(), Event::Notified { channel: "hcert_other".into(), payload: "in-tx".into() });
+
+    // The database restarts: the listener reports that it listens again, and hears on.
+    cluster.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_again().unwrap();
+    assert_eq!(next(), Event::Listening);
+    // A pooled connection from before the restart, used within VALIDATE_AFTER, fails once
+    // (transient, and the pool then drops it); the retry works.
+    if let Err(e) = pool.run(|c| notify(c, "hcert_keys", "after")) {
+        assert!(e.is_unavailable(), "{e}");
+        pool.run(|c| notify(c, "hcert_keys", "after")).unwrap();
+    }
+    assert_eq!(next(), Event::Notified { channel: "hcert_keys".into(), payload: "after".into() });
+
+    let t = Instant::now();
+    drop(listener);
+    assert!(t.elapsed() < Duration::from_secs(2), "stopping took {:?}", t.elapsed());
+    let e = Listener::start(cluster.settings(1).unwrap(), &["Bad-Name"], |_| {}).err().expect("refused");
+    assert!(e.to_string().contains("LISTEN channel \"Bad-Name\""), "{e}");
+}
