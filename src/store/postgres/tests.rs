@@ -228,6 +228,14 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
     };
     let primary = server(&pool);
     assert!(!primary.1);
+    // A listener on the same two-host URL (LISTEN works on a primary only).
+    let (events, heard) = std::sync::mpsc::channel();
+    let _listener = super::listen::Listener::start(cluster.settings(1).unwrap(), &["hcert_keys"], move |e| {
+        let _ = events.send(e);
+    })
+    .unwrap();
+    let listening = || heard.recv_timeout(Duration::from_secs(30)).expect("an event");
+    assert_eq!(listening(), super::listen::Event::Listening);
 
     cluster.kill9_primary().unwrap();
     let e = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err();
@@ -248,6 +256,13 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
     }
     let promoted = server(&pool);
     assert!(promoted.0 != primary.0 && !promoted.1, "connected to the promoted standby, now primary");
+    // The listener found the new primary by itself and hears what is sent there.
+    assert_eq!(listening(), super::listen::Event::Listening);
+    pool.run(|c| super::listen::notify(c, "hcert_keys", "failed-over")).unwrap();
+    assert_eq!(
+        listening(),
+        super::listen::Event::Notified { channel: "hcert_keys".into(), payload: "failed-over".into() }
+    );
     let keys: Vec<String> = pool
         .run(|c| c.query("SELECT key FROM hcert_meta ORDER BY key", &[]))
         .unwrap()
