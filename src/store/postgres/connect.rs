@@ -29,6 +29,11 @@ pub const PASSWORD_CREDENTIAL: &str = "hcert-store-password";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server aborts any statement running longer than this (`statement_timeout`).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server ends a session left idle inside a transaction this long
+/// (`idle_in_transaction_session_timeout`): a node frozen mid-transaction (stopped, swapping, its machine lost behind
+/// a partition that keeps TCP up) must not hold its row locks, e.g. on the audit chain's head,
+/// for every other node. No transaction of the store waits on anything but the database.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `get` waits for a busy pool to hand back a connection.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection idle this long is checked (an empty query) before it is handed out: after a
@@ -182,11 +187,12 @@ impl PgSettings {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.tcp_user_timeout(TCP_TIMEOUT).keepalives_idle(TCP_TIMEOUT);
-        // The server enforces the statement timeout; added to whatever options the URL sets.
+        // The server enforces the timeouts; added to whatever options the URL sets.
         let options = format!(
-            "{} -c statement_timeout={}",
+            "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             config.get_options().unwrap_or(""),
-            STATEMENT_TIMEOUT.as_millis()
+            STATEMENT_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
         );
         config.options(options.trim_start());
         if config.get_application_name().is_none() {
