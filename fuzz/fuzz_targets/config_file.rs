@@ -58,10 +58,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         _ => panic!("signing.value_sets_dir appeared or vanished"),
     }
 
-    for (r, c) in [
-        (&raw.store.password_file, &config.store.password_file),
-        (&raw.store.tls_ca, &config.store.tls_ca),
-    ] {
+    for (r, c) in
+        [(&raw.store.password_file, &config.store.password_file), (&raw.store.tls_ca, &config.store.tls_ca)]
+    {
         match (r, c) {
             (Some(r), Some(c)) => resolved(r, c, base),
             (None, None) => {}
