@@ -47,7 +47,7 @@ if ! pg_server_found; then
     fi
     apt-get update -qq
     apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null
-    ((added_policy)) && rm -f /usr/sbin/policy-rc.d
+    if ((added_policy)); then rm -f /usr/sbin/policy-rc.d; fi
     # Where systemd runs, keep the packaged service from starting at the next boot too.
     if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
         systemctl disable --now postgresql >/dev/null 2>&1 || true

@@ -9,13 +9,16 @@
 //! * an accepted configuration satisfies every rule of the checks: ISO country, validity days,
 //!   distinct listeners, a client CA, unique clients with roles (and well-formed key pins),
 //!   well-formed accepted UVCI prefixes, non-zero limits, key and audit
-//!   periods, retention, and a known log level.
+//!   periods, retention, and a known log level;
+//! * the store's PostgreSQL keys only with `backend = "postgres"`, which has a URL with no
+//!   password in it, and the store's files resolved like the others.
 #![no_main]
 
 use std::path::{Path, PathBuf};
 
 use hcert_signer::Error;
-use hcert_signer::config::Config;
+use hcert_signer::config::{Config, MAX_POOL_SIZE, StoreBackend};
+use hcert_signer::store::postgres::connect::check_url;
 
 /// The folder relative paths are resolved against (never read: resolving opens nothing).
 const BASE: &str = "/fuzz-config-base";
@@ -55,7 +58,28 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         _ => panic!("signing.value_sets_dir appeared or vanished"),
     }
 
+    for (r, c) in
+        [(&raw.store.password_file, &config.store.password_file), (&raw.store.tls_ca, &config.store.tls_ca)]
+    {
+        match (r, c) {
+            (Some(r), Some(c)) => resolved(r, c, base),
+            (None, None) => {}
+            _ => panic!("a store file appeared or vanished"),
+        }
+    }
+
     let c = &config;
+    match c.store.backend {
+        StoreBackend::Sled => {
+            assert!(c.store.url.is_none() && c.store.password_file.is_none() && c.store.tls_ca.is_none());
+        }
+        StoreBackend::Postgres => {
+            let url = c.store.url.as_deref().expect("postgres without a url");
+            let parsed = check_url(url, c.store.tls_ca.is_some()).expect("an accepted url passes its check");
+            assert!(parsed.get_password().is_none(), "a password in the url");
+            assert!((1..=MAX_POOL_SIZE).contains(&c.store.pool_size));
+        }
+    }
     assert!(c.country.len() == 2 && c.country.bytes().all(|b| b.is_ascii_uppercase()), "{:?}", c.country);
     assert!((1..=3650).contains(&c.signing.validity_days));
     assert_ne!(c.listen, c.metrics_listen);

@@ -29,11 +29,16 @@ pub const PASSWORD_CREDENTIAL: &str = "hcert-store-password";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server aborts any statement running longer than this (`statement_timeout`).
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server ends a session left idle inside a transaction this long
+/// (`idle_in_transaction_session_timeout`): a node frozen mid-transaction (stopped, swapping, its machine lost behind
+/// a partition that keeps TCP up) must not hold its row locks, e.g. on the audit chain's head,
+/// for every other node. No transaction of the store waits on anything but the database.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `get` waits for a busy pool to hand back a connection.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection idle this long is checked (an empty query) before it is handed out: after a
 /// restart or failover it is dead, and its first real use would fail instead.
-const VALIDATE_AFTER: Duration = Duration::from_secs(2);
+pub const VALIDATE_AFTER: Duration = Duration::from_secs(2);
 /// The TCP keepalive and user timeouts: a peer that vanished (a machine lost, a partition) is
 /// noticed within this rather than after the kernel's two hours.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -182,11 +187,12 @@ impl PgSettings {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.tcp_user_timeout(TCP_TIMEOUT).keepalives_idle(TCP_TIMEOUT);
-        // The server enforces the statement timeout; added to whatever options the URL sets.
+        // The server enforces the timeouts; added to whatever options the URL sets.
         let options = format!(
-            "{} -c statement_timeout={}",
+            "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
             config.get_options().unwrap_or(""),
-            STATEMENT_TIMEOUT.as_millis()
+            STATEMENT_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
         );
         config.options(options.trim_start());
         if config.get_application_name().is_none() {
@@ -262,10 +268,15 @@ fn tls_client_config(path: &Path) -> Result<rustls::ClientConfig, PgError> {
 }
 
 /// A pool of connections. Cheap to clone, `Send + Sync`; every call blocks, so async callers
-/// run it on blocking threads. A connection is opened when one is needed and none is idle, up
-/// to the pool size; a dead one is noticed (closed, or failing a check after idling) and
-/// dropped, so the pool recovers by itself when the database is back or another host became
-/// the primary — no rebuild, no restart.
+/// run it on blocking threads (`spawn_blocking`): the synchronous client drives its connection
+/// with a runtime of its own, which tokio refuses to start on one of its async workers.
+///
+/// A connection is opened when one is needed and none is idle, up to the pool size. A dead one
+/// is noticed (closed, failing a check after idling [`VALIDATE_AFTER`], or failing a query
+/// with a transient error) and dropped with every idle one beside it, so the pool recovers by
+/// itself when the database is back or another host became the primary — no rebuild, no
+/// restart. A connection used within [`VALIDATE_AFTER`] before an outage may fail its next
+/// query once: callers treat [`PgError::Unavailable`] as "try again", like any other outage.
 #[derive(Clone)]
 pub struct PgPool {
     inner: Arc<PoolInner>,

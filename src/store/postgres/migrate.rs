@@ -77,20 +77,18 @@ pub(crate) fn migrate_with(pool: &PgPool, known: &[Migration]) -> Result<Migrate
     }
 }
 
-/// The schema version recorded in the database (0 when none), and whether it matches this
-/// binary's migrations: for a handle that must not migrate (`audit verify`, `store copy`'s
-/// source check).
+/// Checks, changing nothing, that the database's schema is exactly this binary's, and returns
+/// its version: for a handle that must not migrate (`audit verify`, a `store copy` source).
 pub fn verify(pool: &PgPool) -> Result<i32, PgError> {
     pool.run(|c| read_applied(c, true)).and_then(|applied| {
-        let todo = plan(&applied, MIGRATIONS).map_err(PgError::Schema)?;
-        if todo < MIGRATIONS.len() {
+        let done = plan(&applied, MIGRATIONS).map_err(PgError::Schema)?;
+        if done < MIGRATIONS.len() {
             return Err(PgError::Schema(format!(
-                "the database is at version {}, this binary needs {}: start a node (it migrates at start)",
-                todo,
+                "the database is at version {done}, this binary needs {}: start a node (it migrates at start)",
                 MIGRATIONS.len()
             )));
         }
-        Ok(i32::try_from(todo).unwrap_or(i32::MAX))
+        Ok(i32::try_from(done).unwrap_or(i32::MAX))
     })
 }
 
@@ -107,6 +105,9 @@ impl From<postgres::Error> for Step {
 
 fn apply(client: &mut Client, known: &[Migration]) -> Result<Migrated, Step> {
     let mut tx = client.transaction()?;
+    // No statement timeout here: a node waits for another's migration however long it runs,
+    // and a migration of a large table may take minutes.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
     // Under the lock: two nodes creating the table at once would collide in the catalog.
     tx.batch_execute(

@@ -1,7 +1,8 @@
 //! PostgreSQL plumbing for the cluster backend (`[store] backend = "postgres"`): settings and a
 //! connection pool with typed "unavailable"/"refused" errors ([`connect`]), versioned schema
-//! migrations applied at start ([`migrate`]), and a throw-away cluster for tests and
-//! `hcert-load` ([`scratch`]). The store's tables and queries build on these.
+//! migrations applied at start ([`migrate`]), LISTEN/NOTIFY that survives restarts and
+//! failovers ([`listen`]), and a throw-away cluster for tests and `hcert-load` ([`scratch`]).
+//! The store's tables and queries build on these.
 //!
 //! # What the rest of the store relies on
 //!
@@ -21,6 +22,7 @@ mod batches;
 pub mod connect;
 mod error;
 mod keys;
+pub mod listen;
 pub mod migrate;
 mod queue;
 mod results;
@@ -30,7 +32,6 @@ mod store;
 mod suite;
 #[cfg(test)]
 mod tests;
-mod watch;
 
 pub use connect::{PgPool, PgSettings, PooledClient};
 pub use error::PgError;

@@ -143,8 +143,11 @@ impl ScratchCluster {
                 cluster.pgpass.display()
             ),
         )?;
-        cluster.pg_ctl_start(&standby)?;
+        // Recorded before it starts, so that Drop stops it whatever fails from here on.
         cluster.standby = Some(standby);
+        if let Some(standby) = &cluster.standby {
+            cluster.pg_ctl_start(standby)?;
+        }
         // Only now the primary waits for the standby: its own set-up commits ran without one.
         let mut su = cluster.superuser(&cluster.primary)?;
         // One statement each: ALTER SYSTEM refuses to run inside a transaction block, which a

@@ -2,12 +2,13 @@
 //! batches, queue, results, audit chain and key records in the files beside it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 
+use super::listen::{Event, Listener};
 use super::queue;
 use super::{PgError, PgPool, PgSettings};
 use crate::store::data_keys::{KeyStock, WRAPPED_VERSION, make_data_key};
@@ -31,10 +32,10 @@ pub struct PgStore {
 
 pub(super) struct Inner {
     pub(super) pool: PgPool,
-    /// For the listening connection ([`super::watch`]).
+    /// For the listening connection ([`PgStore::watch`]).
     settings: PgSettings,
-    /// Ends the listening thread.
-    watch_stop: Arc<AtomicBool>,
+    /// Hears the other nodes' changes once watched; stopped when the store closes.
+    listener: Mutex<Option<Listener>>,
     pub(super) options: StoreOptions,
     /// This process, as lease holder (host, pid and a random part: a restarted daemon is
     /// another node, whose predecessor's leases expire).
@@ -53,7 +54,7 @@ pub(super) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.watch_stop.store(true, Ordering::SeqCst);
+        drop(lock(&self.listener).take());
         if let Some(stock) = self.key_stock.get() {
             stock.stop();
         }
@@ -92,7 +93,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 settings,
-                watch_stop: Arc::new(AtomicBool::new(false)),
+                listener: Mutex::new(None),
                 options,
                 node,
                 key_cache: seal::KeyCache::new(KEY_CACHE),
@@ -227,9 +228,28 @@ impl PgStore {
         self.inner.key_stock.get().map_or(0, |s| s.len())
     }
 
-    /// Hears what the other nodes change ([`super::watch`]).
+    /// Hears what the other nodes change: key records and CSCAs (`hcert_keys`, so a rotation
+    /// through any node takes effect on every node within seconds) and new batches
+    /// (`hcert_work`, so an idle node starts signing at once); after every (re)connection,
+    /// both, since what was sent meanwhile is lost.
     pub fn watch(&self, on_change: crate::store::OnChange) {
-        super::watch::start(self.inner.settings.clone(), on_change, self.inner.watch_stop.clone());
+        use crate::store::Change;
+        let started =
+            Listener::start(self.inner.settings.clone(), &["hcert_keys", "hcert_work"], move |event| {
+                match event {
+                    Event::Listening => {
+                        on_change(Change::Keys);
+                        on_change(Change::Work);
+                    }
+                    Event::Notified { channel, .. } if channel == "hcert_keys" => on_change(Change::Keys),
+                    Event::Notified { .. } => on_change(Change::Work),
+                }
+            });
+        match started {
+            Ok(listener) => *lock(&self.inner.listener) = Some(listener),
+            // Not fatal: keys are then read again at a restart, work found by polling.
+            Err(e) => log::error!("store: cannot listen for the cluster's changes: {e}"),
+        }
     }
 
     /// Readiness: the database answers (a primary that accepts writes).

@@ -241,6 +241,14 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
     };
     let primary = server(&pool);
     assert!(!primary.1);
+    // A listener on the same two-host URL (LISTEN works on a primary only).
+    let (events, heard) = std::sync::mpsc::channel();
+    let _listener = super::listen::Listener::start(cluster.settings(1).unwrap(), &["hcert_keys"], move |e| {
+        let _ = events.send(e);
+    })
+    .unwrap();
+    let listening = || heard.recv_timeout(Duration::from_secs(30)).expect("an event");
+    assert_eq!(listening(), super::listen::Event::Listening);
 
     cluster.kill9_primary().unwrap();
     let e = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err();
@@ -261,6 +269,13 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
     }
     let promoted = server(&pool);
     assert!(promoted.0 != primary.0 && !promoted.1, "connected to the promoted standby, now primary");
+    // The listener found the new primary by itself and hears what is sent there.
+    assert_eq!(listening(), super::listen::Event::Listening);
+    pool.run(|c| super::listen::notify(c, "hcert_keys", "failed-over")).unwrap();
+    assert_eq!(
+        listening(),
+        super::listen::Event::Notified { channel: "hcert_keys".into(), payload: "failed-over".into() }
+    );
     let keys: Vec<String> = pool
         .run(|c| c.query("SELECT key FROM hcert_meta ORDER BY key", &[]))
         .unwrap()
@@ -408,6 +423,11 @@ fn the_pool_opens_at_most_its_size_and_hands_connections_on() {
         .unwrap()
         .get(0);
     assert_eq!((sessions, pool.open_connections()), (2, 2));
+    // The server enforces the timeouts the settings ask for.
+    for (setting, value) in [("statement_timeout", "30s"), ("idle_in_transaction_session_timeout", "1min")] {
+        let shown: String = b.query_one(&format!("SHOW {setting}"), &[]).unwrap().get(0);
+        assert_eq!(shown, value, "{setting}");
+    }
     // A third caller waits for one to come back…
     let waiter = {
         let pool = pool.clone();
@@ -430,4 +450,74 @@ fn the_pool_opens_at_most_its_size_and_hands_connections_on() {
     b.discard();
     drop((b, held));
     assert_eq!(pool.open_connections(), 1);
+}
+
+#[test]
+fn the_pool_works_on_the_daemons_blocking_threads() {
+    // The daemon calls the store from tokio's blocking threads (spawn_blocking), where the
+    // synchronous client may run its own small runtime; on an async worker it would panic.
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = pool(&cluster);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let sums: Vec<i64> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|i: i64| {
+                let pool = pool.clone();
+                tokio::task::spawn_blocking(move || {
+                    pool.run(|c| c.query_one("SELECT $1::bigint + 1", &[&i])).map(|r| r.get::<_, i64>(0))
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap());
+        }
+        out
+    });
+    assert_eq!(sums, (1..=8).collect::<Vec<i64>>());
+    assert!(pool.open_connections() <= 4);
+}
+
+#[test]
+fn a_listener_hears_notifications_and_listens_again_after_a_restart() {
+    use super::listen::{Event, Listener, notify};
+    let cluster = ScratchCluster::start().expect("scratch cluster");
+    let pool = pool(&cluster);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = Listener::start(cluster.settings(1).unwrap(), &["hcert_keys", "hcert_other"], move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap();
+    let next = || rx.recv_timeout(Duration::from_secs(20)).expect("an event");
+    assert_eq!(next(), Event::Listening);
+    pool.run(|c| notify(c, "hcert_keys", "rotated")).unwrap();
+    pool.run(|c| notify(c, "not_listened", "x")).unwrap();
+    // Sent inside a transaction: delivered at its commit, in order.
+    pool.run(|c| {
+        let mut tx = c.transaction()?;
+        notify(&mut tx, "hcert_other", "in-tx")?;
+        tx.commit()
+    })
+    .unwrap();
+    assert_eq!(next(), Event::Notified { channel: "hcert_keys".into(), payload: "rotated".into() });
+    assert_eq!(next(), Event::Notified { channel: "hcert_other".into(), payload: "in-tx".into() });
+
+    // The database restarts: the listener reports that it listens again, and hears on.
+    cluster.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_again().unwrap();
+    assert_eq!(next(), Event::Listening);
+    // A pooled connection from before the restart, used within VALIDATE_AFTER, fails once
+    // (transient, and the pool then drops it); the retry works.
+    if let Err(e) = pool.run(|c| notify(c, "hcert_keys", "after")) {
+        assert!(e.is_unavailable(), "{e}");
+        pool.run(|c| notify(c, "hcert_keys", "after")).unwrap();
+    }
+    assert_eq!(next(), Event::Notified { channel: "hcert_keys".into(), payload: "after".into() });
+
+    let t = Instant::now();
+    drop(listener);
+    assert!(t.elapsed() < Duration::from_secs(2), "stopping took {:?}", t.elapsed());
+    let e = Listener::start(cluster.settings(1).unwrap(), &["Bad-Name"], |_| {}).err().expect("refused");
+    assert!(e.to_string().contains("LISTEN channel \"Bad-Name\""), "{e}");
 }
