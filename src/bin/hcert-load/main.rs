@@ -74,6 +74,20 @@ struct Args {
     /// half the measured capacity, reporting RSS over time, errors and verification results.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=600))]
     soak: Option<u64>,
+    /// The store to measure: `sled` (the default), or `postgres`, which measures PostgreSQL
+    /// beside sled in the same run, on a throw-away cluster sharing these two cores (its
+    /// servers' CPU counted per record).
+    #[arg(long, value_enum, default_value = "sled")]
+    store: StoreKind,
+}
+
+/// Which store backends a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded sled store alone.
+    Sled,
+    /// sled, then PostgreSQL.
+    Postgres,
 }
 
 const DIR_ENV: &str = "HCERT_LOAD_DIR";
@@ -195,10 +209,8 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let mut daemon = Daemon::spawn(
-        &dir,
-        &Tuning { workers: args.workers, chunk_size: args.chunk_size, pool_size: args.pool_size },
-    )?;
+    let tuning = Tuning { workers: args.workers, chunk_size: args.chunk_size, pool_size: args.pool_size, store: None };
+    let mut daemon = Daemon::spawn(&dir, &tuning)?;
     daemon.wait_ready(ops)?;
     if let Some(secs) = args.soak {
         let report = rt.block_on(soak::run(&dir, listen, &tls, &daemon, Duration::from_secs(secs)));
@@ -211,30 +223,19 @@ fn run(args: Args) -> Result<(), String> {
         args.idle_requests
     );
 
-    // Best of two runs, as each raw rate is: a run can land on a burst of other load too, and
-    // only the raw side taking its best would understate the ratio.
-    let mut rate = 0f64;
-    let me = std::process::id();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for _ in 0..2 {
-        // The request bodies are built before the clocks start: neither the rate nor the load
-        // tool's CPU figure should include making the test data.
-        let bodies = batch_bodies(&args);
-        let (daemon_before, load_before) = (cpu::Snapshot::take(daemon.pid()), cpu::Snapshot::take(me));
-        let (r, signed, elapsed) = rt.block_on(throughput(listen, &tls, &args, bodies))?;
-        let (daemon_cpu, load_cpu) = (
-            cpu::Snapshot::take(daemon.pid()).since(&daemon_before),
-            cpu::Snapshot::take(me).since(&load_before),
-        );
-        println!(
-            "end to end: {signed} records in {:.2} s = {r:.0} records/s; ratio to raw C_Sign ({raw:.0}/s) = {:.2}",
-            elapsed.as_secs_f64(),
-            r / raw
-        );
-        println!("  {}", cpu::report(&daemon_cpu, &load_cpu, elapsed, cores, signed));
-        rate = rate.max(r);
-    }
+    let rate = end_to_end(&rt, &args, &daemon, listen, &tls, raw, None)?;
     daemon.stop();
+
+    if args.store == StoreKind::Postgres {
+        let cluster = hcert_signer::store::postgres::ScratchCluster::start().map_err(|e| e.to_string())?;
+        let store = Some((cluster.url(), cluster.password_file().to_path_buf()));
+        let mut daemon = Daemon::spawn(&dir, &Tuning { store, ..tuning })?;
+        daemon.wait_ready(ops)?;
+        println!("postgres: a throw-away PostgreSQL cluster on this machine, Unix socket");
+        let pg = end_to_end(&rt, &args, &daemon, listen, &tls, raw, Some(&cluster))?;
+        daemon.stop();
+        println!("postgres: best {pg:.0} records/s = {:.2} × sled's {rate:.0} records/s", pg / rate.max(1.0));
+    }
 
     if args.rss_records > 0 {
         // Signing paused: every record submitted stays queued.
@@ -250,6 +251,50 @@ fn run(args: Args) -> Result<(), String> {
         rate / raw
     );
     Ok(())
+}
+
+/// The end-to-end rate, the best of two runs (as each raw rate is: a run can land on a burst of
+/// other load too, and only the raw side taking its best would understate the ratio), each
+/// reported with its CPU per record; with `cluster`, PostgreSQL's servers' CPU too.
+fn end_to_end(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    daemon: &Daemon,
+    listen: std::net::SocketAddr,
+    tls: &ClientTls,
+    raw: f64,
+    cluster: Option<&hcert_signer::store::postgres::ScratchCluster>,
+) -> Result<f64, String> {
+    let mut rate = 0f64;
+    let me = std::process::id();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for _ in 0..2 {
+        // The request bodies are built before the clocks start: neither the rate nor the load
+        // tool's CPU figure should include making the test data.
+        let bodies = batch_bodies(args);
+        let (daemon_before, load_before) = (cpu::Snapshot::take(daemon.pid()), cpu::Snapshot::take(me));
+        let db_before = cluster.map(|c| c.cpu_time());
+        let (r, signed, elapsed) = rt.block_on(throughput(listen, tls, args, bodies))?;
+        let (daemon_cpu, load_cpu) = (
+            cpu::Snapshot::take(daemon.pid()).since(&daemon_before),
+            cpu::Snapshot::take(me).since(&load_before),
+        );
+        println!(
+            "end to end: {signed} records in {:.2} s = {r:.0} records/s; ratio to raw C_Sign ({raw:.0}/s) = {:.2}",
+            elapsed.as_secs_f64(),
+            r / raw
+        );
+        println!("  {}", cpu::report(&daemon_cpu, &load_cpu, elapsed, cores, signed));
+        if let (Some(c), Some(before)) = (cluster, db_before) {
+            let db = c.cpu_time().saturating_sub(before);
+            println!(
+                "  postgres servers: {:.1} µs of CPU per signed record (within the idle figure above)",
+                db.as_secs_f64() * 1e6 / signed.max(1) as f64
+            );
+        }
+        rate = rate.max(r);
+    }
+    Ok(rate)
 }
 
 /// The raw C_Sign rate of the dev token's DSC key: one session per thread, random digests.
@@ -303,11 +348,13 @@ fn raw_rate(dir: &Path, threads: usize, window: Duration) -> Result<Raw, String>
 }
 
 /// Daemon settings a run overrides (`None`: the daemon's default).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Tuning {
     workers: Option<usize>,
     chunk_size: Option<usize>,
     pool_size: Option<usize>,
+    /// A PostgreSQL store (URL, password file) instead of the configured sled one.
+    store: Option<(String, PathBuf)>,
 }
 
 pub(crate) struct Daemon {
@@ -332,6 +379,13 @@ impl Daemon {
             set("hsm", "pool_size", tuning.pool_size)?;
             set("pipeline", "workers", tuning.workers)?;
             set("pipeline", "chunk_size", tuning.chunk_size)?;
+            if let Some((url, password)) = &tuning.store {
+                let mut store = toml::Table::new();
+                store.insert("backend".into(), "postgres".into());
+                store.insert("url".into(), url.clone().into());
+                store.insert("password_file".into(), password.display().to_string().into());
+                table.insert("store".into(), store.into());
+            }
             let tuned = dir.join("config-load.toml");
             std::fs::write(&tuned, toml::to_string(&table).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
