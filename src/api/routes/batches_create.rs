@@ -117,7 +117,8 @@ pub fn store_error(e: StoreError) -> ApiError {
             "store_unavailable",
             format!("the store cannot write: {e}"),
         )
-        .retry_after(30)
+        // A database away is usually back within seconds (a restart, a failover).
+        .retry_after(if matches!(e, StoreError::Unreachable(_)) { 5 } else { 30 })
     } else {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", "the store failed")
     }

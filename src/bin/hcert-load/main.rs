@@ -209,7 +209,8 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let tuning = Tuning { workers: args.workers, chunk_size: args.chunk_size, pool_size: args.pool_size, store: None };
+    let tuning =
+        Tuning { workers: args.workers, chunk_size: args.chunk_size, pool_size: args.pool_size, store: None };
     let mut daemon = Daemon::spawn(&dir, &tuning)?;
     daemon.wait_ready(ops)?;
     if let Some(secs) = args.soak {
