@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use hcert_signer::client::{ApiClient, ClientTls};
 use hcert_signer::config::Config;
 use hcert_signer::hcert::dcc::arbitrary;
+use hcert_signer::store::postgres::ScratchCluster;
 use proptest::strategy::{Strategy, ValueTree};
 use serde_json::{Value, json};
 
@@ -53,30 +54,24 @@ impl TestStore {
         }
     }
 
-    /// What `dev-init` needs besides `--dir` for this backend.
-    ///
-    /// The seam for PostgreSQL: once `dev-init --postgres URL` exists, this arm starts a
-    /// throw-away cluster (`hcert_signer::store::postgres::scratch::ScratchCluster::start()`,
-    /// Unix socket only), returns `--postgres <its url()>` (and its `password_file()`, however
-    /// dev-init takes it), and hands the cluster to the [`Daemon`] (a field declared after
-    /// `child`, so it stops after the daemon was killed). Until then it fails the test: a run
-    /// asked for PostgreSQL must never pass on sled.
-    fn dev_init_args(self) -> Vec<String> {
+    /// What `dev-init` needs besides `--dir` for this backend, and for PostgreSQL the
+    /// throw-away cluster (Unix socket only) the daemon's store lives in.
+    fn dev_init_args(self) -> (Vec<String>, Option<ScratchCluster>) {
         match self {
-            TestStore::Sled => Vec::new(),
+            TestStore::Sled => (Vec::new(), None),
             TestStore::Postgres => {
-                let help =
-                    Command::new(BIN).args(["dev-init", "--help"]).output().expect("run dev-init --help");
-                let built = String::from_utf8_lossy(&help.stdout).contains("--postgres");
-                panic!(
-                    "{STORE_ENV}=postgres: {}; unset {STORE_ENV} (or set it to sled) to run on sled",
-                    if built {
-                        "dev-init --postgres exists now, but the test helper does not start a scratch cluster \
-                         for it yet (softhsm-tests/daemon/mod.rs, TestStore::dev_init_args)"
-                    } else {
-                        "dev-init --postgres is not built yet"
-                    }
-                )
+                // On a thread of its own: its synchronous client cannot run inside a test's runtime.
+                let cluster = std::thread::spawn(ScratchCluster::start)
+                    .join()
+                    .expect("start a scratch PostgreSQL")
+                    .expect("a scratch PostgreSQL (Debian package postgresql)");
+                let args = vec![
+                    "--postgres".into(),
+                    cluster.url(),
+                    "--postgres-password-file".into(),
+                    cluster.password_file().display().to_string(),
+                ];
+                (args, Some(cluster))
             }
         }
     }
@@ -95,6 +90,9 @@ pub struct Daemon {
     child: Option<Child>,
     /// Everything the daemon wrote to stderr, across restarts.
     pub log: PathBuf,
+    /// The PostgreSQL cluster of a daemon on PostgreSQL (stopped after the daemon: fields drop
+    /// after [`Daemon`]'s own `Drop` killed it).
+    pub cluster: Option<ScratchCluster>,
 }
 
 impl Daemon {
@@ -107,16 +105,17 @@ impl Daemon {
     /// says: for tests of one backend's own storage.
     pub fn init_on(store: TestStore) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        let (args, cluster) = store.dev_init_args();
         let out = Command::new(BIN)
             .args(["dev-init", "--dir"])
             .arg(dir.path())
-            .args(store.dev_init_args())
+            .args(args)
             .output()
             .expect("run dev-init");
         assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
         let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
         let log = dir.path().join("daemon.log");
-        Daemon { listen: config.listen, ops: config.metrics_listen, dir, store, child: None, log }
+        Daemon { listen: config.listen, ops: config.metrics_listen, dir, store, child: None, log, cluster }
     }
 
     /// dev-init and start, waiting until ready.
@@ -144,6 +143,9 @@ impl Daemon {
         // Top-level keys must come before the first table.
         if !text.trim_start().starts_with('[') {
             c = format!("{text}\n{c}");
+        } else if let Some(merged) = merge_into_existing_table(&c, text) {
+            // A table the config has already (`[store]` on PostgreSQL): its keys join it.
+            c = merged;
         } else {
             c.push_str(text);
         }
@@ -276,6 +278,25 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `text` (one `[table]` header and its keys) merged into `config`'s table of that name, if
+/// `config` has one.
+fn merge_into_existing_table(config: &str, text: &str) -> Option<String> {
+    let mut lines = text.trim().lines();
+    let header = lines.next()?.trim();
+    if !header.starts_with('[')
+        || header.starts_with("[[")
+        || lines.clone().any(|l| l.trim().starts_with('['))
+    {
+        return None;
+    }
+    let at = config.lines().position(|l| l.trim() == header)?;
+    let mut out: Vec<&str> = config.lines().collect();
+    for (n, l) in lines.enumerate() {
+        out.insert(at + 1 + n, l);
+    }
+    Some(out.join("\n") + "\n")
 }
 
 /// A plain-HTTP GET on the operations listener: (status, body), or None if it does not answer.

@@ -71,7 +71,7 @@ pub trait Backend: Send + Sync {
     /// false if there is none. A retry of its idempotency key is refused afterwards.
     fn delete(&self, issuer_id: &str, batch_id: &str) -> Result<bool, StoreError>;
 
-    /// Purges every batch accepted more than `ttl_secs` ago, and idempotency tombstones as old;
+    /// Purges every batch accepted `ttl_secs` ago or earlier, and idempotency tombstones as old;
     /// returns the batches purged.
     fn purge_expired(&self, now_unix: i64, ttl_secs: i64) -> Result<usize, StoreError>;
 
