@@ -188,8 +188,10 @@ impl PgSettings {
         }
         config.tcp_user_timeout(TCP_TIMEOUT).keepalives_idle(TCP_TIMEOUT);
         // The server enforces the timeouts; added to whatever options the URL sets.
+        // NOTICEs ("relation … already exists, skipping" at every migration check) are not
+        // worth an info line at every start.
         let options = format!(
-            "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            "{} -c statement_timeout={} -c idle_in_transaction_session_timeout={} -c client_min_messages=warning",
             config.get_options().unwrap_or(""),
             STATEMENT_TIMEOUT.as_millis(),
             IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
