@@ -124,6 +124,11 @@ impl PgStore {
             let outcome = (|| {
                 let mut tx = client.transaction()?;
                 let value = f(&mut tx)?;
+                // The statement timeout must not end a COMMIT's wait for the synchronous standby:
+                // PostgreSQL would then report the commit as done (with only a WARNING) before the
+                // standby has it, and a 202 would not survive the loss of the primary. Without a
+                // standby the commit waits as long as PostgreSQL makes it.
+                tx.batch_execute("SET LOCAL statement_timeout = 0")?;
                 tx.commit()?;
                 Ok(value)
             })();
