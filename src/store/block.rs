@@ -115,6 +115,37 @@ pub(crate) fn decode_block(b: &[u8]) -> Result<Vec<(u8, &[u8])>, StoreError> {
     Ok(entries)
 }
 
+/// Commits one record's result into its block's two decoded halves: its payload leaves
+/// `queued` and `line` enters `resolved`, both kept in record order. False (a duplicate) when
+/// the record is no longer queued; one found resolved already keeps its stored result (never
+/// both by construction), its payload gone all the same.
+pub(crate) fn resolve_entry<'a>(
+    queued: &mut Vec<(u8, &'a [u8])>,
+    resolved: &mut Vec<(u8, &'a [u8])>,
+    offset: u8,
+    line: &'a [u8],
+) -> bool {
+    let Ok(at) = queued.binary_search_by_key(&offset, |e| e.0) else { return false };
+    queued.remove(at);
+    let Err(slot) = resolved.binary_search_by_key(&offset, |e| e.0) else { return false };
+    resolved.insert(slot, (offset, line));
+    true
+}
+
+/// A block holding `entries`, sealed for `ctx` under `key`; the plaintext is wiped once sealed.
+pub(crate) fn seal_entries(
+    key: &super::seal::DataKey,
+    ctx: &super::seal::Context,
+    entries: &[(u8, &[u8])],
+) -> Result<Vec<u8>, StoreError> {
+    let mut block = BlockWriter::with_capacity(entries.iter().map(|e| 5 + e.1.len()).sum());
+    for &(offset, entry) in entries {
+        block.push(offset, entry)?;
+    }
+    let plain = zeroize::Zeroizing::new(block.finish());
+    Ok(super::seal::seal(key, ctx, &plain)?)
+}
+
 /// A payload entry of a `pending` block: `(ref, dcc_json)`.
 pub(crate) fn decode_payload(b: &[u8]) -> Result<(String, Vec<u8>), StoreError> {
     let mut r = Reader::new(b, "record payload");

@@ -75,6 +75,28 @@ impl Entry {
     }
 }
 
+/// Where an idempotency key is stored ([`storage_key`]) and its request's hash ([`request_hash`]).
+pub(crate) type Keyed = ([u8; 32], [u8; 32]);
+
+/// A submission checked before either backend stores it: its record count, and with an
+/// idempotency key, where the key is stored and the request's hash.
+pub(crate) fn admit(
+    issuer: &str,
+    key: Option<&str>,
+    records: &[NewRecord<'_>],
+) -> Result<(u32, Option<Keyed>), StoreError> {
+    if records.is_empty() {
+        return Err(StoreError::Invalid("a batch needs at least one record"));
+    }
+    let total =
+        u32::try_from(records.len()).map_err(|_| StoreError::Invalid("too many records in one batch"))?;
+    let idem = match key {
+        Some(k) => Some((storage_key(issuer, k)?, request_hash(records))),
+        None => None,
+    };
+    Ok((total, idem))
+}
+
 /// Where an issuer's key is stored: a hash of the (length-prefixed) issuer and key, so no two
 /// pairs collide and the key, which the issuer chose and could hold anything, is not on disk.
 pub fn storage_key(issuer: &str, key: &str) -> Result<[u8; 32], StoreError> {

@@ -83,15 +83,8 @@ impl PgStore {
         records: &[NewRecord<'_>],
         now_unix: i64,
     ) -> Result<Submitted, StoreError> {
-        if records.is_empty() {
-            return Err(StoreError::Invalid("a batch needs at least one record"));
-        }
-        let total =
-            i32::try_from(records.len()).map_err(|_| StoreError::Invalid("too many records in one batch"))?;
-        let idem = match idempotency_key {
-            Some(k) => Some((idempotency::storage_key(issuer_id, k)?, idempotency::request_hash(records))),
-            None => None,
-        };
+        let (total, idem) = idempotency::admit(issuer_id, idempotency_key, records)?;
+        let total = i32::try_from(total).map_err(|_| StoreError::Invalid("too many records in one batch"))?;
         // A replay or a refusal costs no data key (no HSM call).
         if let Some((k, request)) = &idem
             && let Some(answer) = self.read(|c| resolve(c, k, request))?

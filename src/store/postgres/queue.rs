@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::batches::context;
-use super::store::{LEASE, PgStore, TxError, count, lock, random_i64};
+use super::store::{LEASE, PgStore, count, lock, random_i64};
 use crate::audit::{Event, SignedRecord};
 use crate::store::batch::batch_id_text;
-use crate::store::block::{BLOCK, BlockWriter, decode_block, decode_payload};
+use crate::store::block::{BLOCK, decode_block, decode_payload, resolve_entry, seal_entries};
 use crate::store::seal::{self, DataKey, Purpose};
 use crate::store::{CommitStats, Outcome, RecordKey, StoreError, WorkItem};
 
@@ -374,17 +374,10 @@ impl PgStore {
                         stats.orphaned += 1;
                         continue;
                     }
-                    let offset = key.offset();
-                    let Ok(at) = queued.binary_search_by_key(&offset, |e| e.0) else {
+                    if !resolve_entry(&mut queued, &mut resolved, key.offset(), &lines[i].0) {
                         stats.duplicates += 1;
                         continue;
-                    };
-                    queued.remove(at);
-                    let Err(slot) = resolved.binary_search_by_key(&offset, |e| e.0) else {
-                        stats.duplicates += 1;
-                        continue;
-                    };
-                    resolved.insert(slot, (offset, lines[i].0.as_slice()));
+                    }
                     applied.push((i, meta.created_at));
                     if let Some(fact) = &lines[i].1 {
                         meta.signed += 1;
@@ -521,16 +514,6 @@ fn open_payloads(
             Ok((offset, r#ref, dcc))
         })
         .collect()
-}
-
-/// A block value holding `entries`, sealed.
-fn seal_entries(key: &DataKey, ctx: &seal::Context, entries: &[(u8, &[u8])]) -> Result<Vec<u8>, TxError> {
-    let mut block = BlockWriter::with_capacity(entries.iter().map(|e| 5 + e.1.len()).sum());
-    for &(offset, entry) in entries {
-        block.push(offset, entry)?;
-    }
-    let plain = zeroize::Zeroizing::new(block.finish());
-    Ok(seal::seal(key, ctx, &plain)?)
 }
 
 /// Blocks as the two arrays `unnest` takes.

@@ -37,15 +37,7 @@ impl SledStore {
         now_unix: i64,
     ) -> Result<Submitted, StoreError> {
         self.ensure_ok()?;
-        if records.is_empty() {
-            return Err(StoreError::Invalid("a batch needs at least one record"));
-        }
-        let total =
-            u32::try_from(records.len()).map_err(|_| StoreError::Invalid("too many records in one batch"))?;
-        let idem = match idempotency_key {
-            Some(k) => Some((idempotency::storage_key(issuer_id, k)?, idempotency::request_hash(records))),
-            None => None,
-        };
+        let (total, idem) = idempotency::admit(issuer_id, idempotency_key, records)?;
         // A replay or a refusal costs no data key (no HSM call) and no space check. Read
         // outside a transaction, so a purge running meanwhile may show half done: then the
         // transaction below decides.

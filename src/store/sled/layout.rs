@@ -9,7 +9,9 @@ pub(crate) const VERSION: u8 = 1;
 
 pub(crate) use crate::store::RecordKey;
 pub(crate) use crate::store::batch::{BATCH_ID_LEN, batch_id_text, parse_batch_id};
-pub(crate) use crate::store::block::{BLOCK, BlockWriter, Reader, decode_block, decode_payload};
+pub(crate) use crate::store::block::{
+    BLOCK, BlockWriter, Reader, decode_block, decode_payload, resolve_entry, seal_entries,
+};
 
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()

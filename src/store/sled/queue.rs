@@ -11,11 +11,10 @@ use sled::Transactional;
 use super::batches::abort;
 use super::layout::{self, BatchMeta, RecordKey, StoredState};
 use super::record::WorkItem;
-use super::seal::{Context, DataKey, Purpose};
+use super::seal::{DataKey, Purpose};
 use super::{SledStore, StoreError, shred};
 use crate::audit::{Event, SignedRecord};
 use crate::store::{CommitStats, Outcome};
-use zeroize::Zeroizing;
 
 /// This process's view of who works on what. Leases are not persisted: after a restart every
 /// record in `pending` is claimable again, which is what makes a crash between signing and
@@ -30,17 +29,6 @@ pub(super) struct Leases {
     /// retried via `retry`, or belongs to a batch being purged). Keeps `claim` O(max) instead
     /// of re-reading every leased record each time.
     cursor: Option<RecordKey>,
-}
-
-/// A block value holding `entries`, sealed for `ctx`.
-fn seal_entries(key: &DataKey, ctx: &Context, entries: &[(u8, &[u8])]) -> Result<Vec<u8>, StoreError> {
-    let mut block = layout::BlockWriter::with_capacity(entries.iter().map(|e| 5 + e.1.len()).sum());
-    for &(offset, entry) in entries {
-        block.push(offset, entry)?;
-    }
-    // The plaintext block is wiped once sealed.
-    let plain = Zeroizing::new(block.finish());
-    shred::seal_block(key, ctx, &plain)
 }
 
 /// What a claim needs to know about a record's batch.
@@ -281,18 +269,10 @@ impl SledStore {
                             stats.orphaned += 1;
                             continue;
                         }
-                        let offset = key.offset();
-                        let Ok(at) = queued.binary_search_by_key(&offset, |e| e.0) else {
+                        if !layout::resolve_entry(&mut queued, &mut resolved, key.offset(), line.as_ref()) {
                             stats.duplicates += 1;
                             continue;
-                        };
-                        queued.remove(at);
-                        let Err(slot) = resolved.binary_search_by_key(&offset, |e| e.0) else {
-                            // Never both by construction; if so, the stored result wins.
-                            stats.duplicates += 1;
-                            continue;
-                        };
-                        resolved.insert(slot, (offset, line.as_ref()));
+                        }
                         applied.push((i, meta.created_at));
                         if let Some(fact) = signed {
                             meta.signed = meta.signed.saturating_add(1);
@@ -315,11 +295,12 @@ impl SledStore {
                         if queued.is_empty() {
                             pending.remove(&k[..])?;
                         } else {
-                            pending.insert(&k[..], seal_entries(key, &pctx, &queued).map_err(abort)?)?;
+                            pending
+                                .insert(&k[..], layout::seal_entries(key, &pctx, &queued).map_err(abort)?)?;
                         }
                     }
                     if resolved.len() != resolved_before {
-                        stored.insert(&k[..], seal_entries(key, &rctx, &resolved).map_err(abort)?)?;
+                        stored.insert(&k[..], layout::seal_entries(key, &rctx, &resolved).map_err(abort)?)?;
                     }
                 }
                 let mut h = *head;
