@@ -322,6 +322,28 @@ async fn the_audit_key_is_pinned_to_the_first_start() {
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::rename(&kept, &state).unwrap();
 
+    // Only the store removed, audit-key.pem kept (on PostgreSQL: [store] pointed at an empty
+    // database): refused, nothing bootstrapped from the configuration.
+    let kept_store = d.path().join("store.kept");
+    std::fs::rename(state.join("store"), &kept_store).unwrap();
+    let (code, err) = refused_start(&d);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("the store holds no audit log") && err.contains("the store was removed or replaced"),
+        "{err}"
+    );
+    {
+        use hcert_signer::store::{Store, StoreOptions};
+        let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
+        let store = Store::open(&state.join("store"), options).unwrap();
+        assert_eq!(store.audit_head().unwrap().0, 0, "nothing was written to the new store's log");
+        assert!(store.key_records().unwrap().is_empty(), "no key was bootstrapped");
+        assert!(store.csca_records().unwrap().is_empty(), "no CSCA was recorded from the configuration");
+    }
+    std::fs::remove_dir_all(state.join("store")).unwrap();
+    std::fs::rename(&kept_store, state.join("store")).unwrap();
+    assert_eq!(entries(&d, &pem), before, "the kept store's log is untouched");
+
     // The audit key deleted from the token: refused, and no new key is made.
     assert!(labels(&d, "privkey").iter().any(|l| l == "hcert-audit"));
     for kind in ["privkey", "pubkey"] {

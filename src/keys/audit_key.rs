@@ -56,6 +56,20 @@ pub enum AuditKeyError {
         /// The recorded key's file.
         path: PathBuf,
     },
+    /// The token's audit key was pinned by an earlier store, yet the store is empty: the store
+    /// was removed or replaced (another directory, another database) while the pin stayed.
+    #[error(
+        "the store holds no audit log, but the token's audit key {label:?} (sha256 {hsm}) was pinned in {} by an earlier start: the store was removed or replaced. Starting on it would run the configuration's first-start key bootstrap without officers. Restore the store from its backup (or point [store] back at it); a new appliance needs a fresh token",
+        path.display()
+    )]
+    StoreReplaced {
+        /// The configured label.
+        label: String,
+        /// The HSM key's fingerprint.
+        hsm: String,
+        /// The recorded key's file.
+        path: PathBuf,
+    },
     /// The token holds the audit key but `audit-key.pem` is gone.
     #[error(
         "{} is missing but the token already holds the audit key {label:?} (sha256 {hsm}){}; the file is \
@@ -136,6 +150,15 @@ impl AuditSigner {
                         label: label.into(),
                         hsm: s.sha256,
                         file,
+                        path: pem.into(),
+                    });
+                }
+                // The first start made the key and left entries in the log: a pinned key over an
+                // empty log is a store someone took away, not a first start.
+                if store_empty {
+                    return Err(AuditKeyError::StoreReplaced {
+                        label: label.into(),
+                        hsm: s.sha256,
                         path: pem.into(),
                     });
                 }

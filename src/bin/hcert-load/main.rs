@@ -209,8 +209,7 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let tuning =
-        Tuning { workers: args.workers, chunk_size: args.chunk_size, pool_size: args.pool_size, store: None };
+    let tuning = Tuning { workers: args.workers, chunk_size: args.chunk_size, pool_size: args.pool_size };
     let mut daemon = Daemon::spawn(&dir, &tuning)?;
     daemon.wait_ready(ops)?;
     if let Some(secs) = args.soak {
@@ -228,12 +227,34 @@ fn run(args: Args) -> Result<(), String> {
     daemon.stop();
 
     if args.store == StoreKind::Postgres {
+        // A setup of its own (token, certificates) on the cluster: a token that served a store
+        // before does not start on an empty one.
         let cluster = hcert_signer::store::postgres::ScratchCluster::start().map_err(|e| e.to_string())?;
-        let store = Some((cluster.url(), cluster.password_file().to_path_buf()));
-        let mut daemon = Daemon::spawn(&dir, &Tuning { store, ..tuning })?;
-        daemon.wait_ready(ops)?;
+        let pg_dir = dir.join("postgres");
+        let out = Command::new(signer_bin())
+            .args(["dev-init", "--dir"])
+            .arg(&pg_dir)
+            .arg("--postgres")
+            .arg(cluster.url())
+            .arg("--postgres-password-file")
+            .arg(cluster.password_file())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("dev-init --postgres: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let pg_config =
+            hcert_signer::config::Config::load(&pg_dir.join("config.toml")).map_err(|e| e.to_string())?;
+        let pg_tls = ClientTls::from_files(
+            &pg_dir.join("tls/ca.pem"),
+            &pg_dir.join("tls/issuer.pem"),
+            &pg_dir.join("tls/issuer.key"),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut daemon = Daemon::spawn(&pg_dir, &tuning)?;
+        daemon.wait_ready(pg_config.metrics_listen)?;
         println!("postgres: a throw-away PostgreSQL cluster on this machine, Unix socket");
-        let pg = end_to_end(&rt, &args, &daemon, listen, &tls, raw, Some(&cluster))?;
+        let pg = end_to_end(&rt, &args, &daemon, pg_config.listen, &pg_tls, raw, Some(&cluster))?;
         daemon.stop();
         println!("postgres: best {pg:.0} records/s = {:.2} × sled's {rate:.0} records/s", pg / rate.max(1.0));
     }
@@ -354,8 +375,6 @@ struct Tuning {
     workers: Option<usize>,
     chunk_size: Option<usize>,
     pool_size: Option<usize>,
-    /// A PostgreSQL store (URL, password file) instead of the configured sled one.
-    store: Option<(String, PathBuf)>,
 }
 
 pub(crate) struct Daemon {
@@ -380,13 +399,6 @@ impl Daemon {
             set("hsm", "pool_size", tuning.pool_size)?;
             set("pipeline", "workers", tuning.workers)?;
             set("pipeline", "chunk_size", tuning.chunk_size)?;
-            if let Some((url, password)) = &tuning.store {
-                let mut store = toml::Table::new();
-                store.insert("backend".into(), "postgres".into());
-                store.insert("url".into(), url.clone().into());
-                store.insert("password_file".into(), password.display().to_string().into());
-                table.insert("store".into(), store.into());
-            }
             let tuned = dir.join("config-load.toml");
             std::fs::write(&tuned, toml::to_string(&table).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
