@@ -4,6 +4,7 @@
 
 mod daemon;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use daemon::{BIN, Daemon, TestStore, audit_verify, copy_dir, records, wait_done};
+use hcert_signer::store::postgres::PgSettings;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -20,17 +22,114 @@ fn open_sled(dir: &Path) -> sled::Db {
     sled::Config::new().path(dir).segment_size(hcert_signer::store::sled::SEGMENT_SIZE).open().unwrap()
 }
 
-/// A copy of the stopped daemon's store with `edit` applied to its raw audit tree.
-fn tampered(state: &Path, name: &str, edit: impl FnOnce(&sled::Tree)) -> PathBuf {
-    let dir = state.parent().unwrap().join(name).join("store");
-    copy_dir(&state.join("store"), &dir);
-    {
-        let db = open_sled(&dir);
-        let tree = db.open_tree("audit").unwrap();
-        edit(&tree);
-        db.flush().unwrap();
+/// The stopped daemon's stored audit chain, as an administrator with the database's
+/// credentials can edit it: sled's `audit` tree, or PostgreSQL's `audit` table.
+enum StoredChain {
+    Sled { state: PathBuf, audit_key: PathBuf },
+    Postgres { settings: Box<PgSettings>, config: PathBuf },
+}
+
+impl StoredChain {
+    fn of(d: &Daemon) -> StoredChain {
+        let state = d.path().join("state");
+        match d.store {
+            TestStore::Sled => StoredChain::Sled { audit_key: state.join("audit-key.pem"), state },
+            TestStore::Postgres => StoredChain::Postgres {
+                settings: Box::new(d.cluster.as_ref().unwrap().settings(1).unwrap()),
+                config: d.path().join("config.toml"),
+            },
+        }
     }
-    dir
+
+    /// Every stored entry by sequence number.
+    fn entries(&self) -> BTreeMap<u64, Vec<u8>> {
+        match self {
+            StoredChain::Sled { state, .. } => read_tree(&state.join("store")),
+            StoredChain::Postgres { settings, .. } => on_thread(|| {
+                let mut db = settings.connect().unwrap();
+                let rows = db.query("SELECT seq, stored FROM audit ORDER BY seq", &[]).unwrap();
+                rows.iter().map(|r| (r.get::<_, i64>(0) as u64, r.get(1))).collect()
+            }),
+        }
+    }
+
+    /// `audit verify` on the chain with `edit` applied: on a copy of sled's store (named
+    /// `name`), or in PostgreSQL's table, put back as it was afterwards.
+    fn check_edited(&self, name: &str, edit: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>)) -> (bool, Value) {
+        let before = self.entries();
+        let mut after = before.clone();
+        edit(&mut after);
+        match self {
+            StoredChain::Sled { state, audit_key } => {
+                let dir = state.parent().unwrap().join(name).join("store");
+                copy_dir(&state.join("store"), &dir);
+                {
+                    let db = open_sled(&dir);
+                    let tree = db.open_tree("audit").unwrap();
+                    for seq in before.keys().filter(|s| !after.contains_key(s)) {
+                        tree.remove(seq.to_be_bytes()).unwrap();
+                    }
+                    for (seq, v) in after.iter().filter(|(s, v)| before.get(s) != Some(v)) {
+                        tree.insert(seq.to_be_bytes(), v.as_slice()).unwrap();
+                    }
+                    db.flush().unwrap();
+                }
+                let (ok, report, _) = audit_verify(&[
+                    "--store".as_ref(),
+                    dir.as_os_str(),
+                    "--audit-key".as_ref(),
+                    audit_key.as_os_str(),
+                ]);
+                (ok, report)
+            }
+            StoredChain::Postgres { config, .. } => {
+                self.write_pg(&before, &after);
+                let (ok, report, _) = audit_verify(&["--config".as_ref(), config.as_os_str()]);
+                self.write_pg(&after, &before);
+                (ok, report)
+            }
+        }
+    }
+
+    /// Turns the table's rows from `from` into `to`, in one transaction.
+    fn write_pg(&self, from: &BTreeMap<u64, Vec<u8>>, to: &BTreeMap<u64, Vec<u8>>) {
+        let StoredChain::Postgres { settings, .. } = self else { unreachable!() };
+        on_thread(|| {
+            let mut db = settings.connect().unwrap();
+            let mut tx = db.transaction().unwrap();
+            for seq in from.keys().filter(|s| !to.contains_key(s)) {
+                tx.execute("DELETE FROM audit WHERE seq = $1", &[&(*seq as i64)]).unwrap();
+            }
+            for (seq, v) in to.iter().filter(|(s, v)| from.get(s) != Some(v)) {
+                let checkpoint = String::from_utf8_lossy(&v[32..]).contains("\"event\":\"checkpoint\"");
+                tx.execute(
+                    "INSERT INTO audit (seq, stored, checkpoint) VALUES ($1, $2, $3) \
+                     ON CONFLICT (seq) DO UPDATE SET stored = excluded.stored, checkpoint = excluded.checkpoint",
+                    &[&(*seq as i64), v, &checkpoint],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        });
+    }
+}
+
+/// The audit tree of a sled store directory, read from a copy (opening sled writes to it).
+fn read_tree(store: &Path) -> BTreeMap<u64, Vec<u8>> {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(store, copy.path());
+    let db = open_sled(copy.path());
+    let tree = db.open_tree("audit").unwrap();
+    tree.iter()
+        .map(|e| e.unwrap())
+        .map(|(k, v)| (u64::from_be_bytes(k.as_ref().try_into().unwrap()), v.to_vec()))
+        .collect()
+}
+
+/// Runs `f` on a thread of its own: PostgreSQL's synchronous client cannot run inside the
+/// test's runtime.
+fn on_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
 }
 
 /// The `revocation-NNN.json` files of an export folder, in order.
@@ -42,10 +141,6 @@ fn read_batches(dir: &Path) -> Vec<Value> {
         .collect();
     files.sort();
     files.iter().map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()).collect()
-}
-
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,67 +193,52 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
     let entries = report["summary"]["entries"].as_u64().unwrap();
     assert!(entries >= 6, "{report}");
 
-    // Tampering edits sled's audit tree; on PostgreSQL it is to edit the audit table instead.
-    assert_eq!(
-        d.store,
-        TestStore::Sled,
-        "the tampering half of this test is written for sled only (not yet for the PostgreSQL audit table)"
-    );
-    let state = d.path().join("state");
-    let audit_key = state.join("audit-key.pem");
-    let check = |store: &Path| {
-        audit_verify(&["--store".as_ref(), store.as_os_str(), "--audit-key".as_ref(), audit_key.as_os_str()])
-    };
+    // Tampering with the stored chain: each edit is checked on its own, the chain as it was
+    // otherwise (a copy of sled's store; PostgreSQL's audit table, restored after each check).
+    let chain = StoredChain::of(&d);
+    let original = chain.entries();
+    assert_eq!(original.len() as u64, entries);
     // The first signature entry.
-    let probe = tampered(&state, "probe", |_| {});
-    let target = {
-        let db = open_sled(&probe);
-        let tree = db.open_tree("audit").unwrap();
-        tree.iter()
-            .map(|e| e.unwrap())
-            .find(|(_, v)| String::from_utf8_lossy(&v[32..]).contains("\"event\":\"signed\""))
-            .map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap()))
-            .unwrap()
-    };
+    let target = *original
+        .iter()
+        .find(|(_, v)| String::from_utf8_lossy(&v[32..]).contains("\"event\":\"signed\""))
+        .unwrap()
+        .0;
 
-    let edited = tampered(&state, "edited", |t| {
-        let v = t.get(key(target)).unwrap().unwrap().to_vec();
+    let (ok, report) = chain.check_edited("edited", |t| {
+        let v = t[&target].clone();
         let text =
             String::from_utf8_lossy(&v[32..]).replace("\"client\":\"issuer\"", "\"client\":\"issue2\"");
         assert_ne!(text.as_bytes(), &v[32..]);
         let mut new = v[..32].to_vec();
         new.extend_from_slice(text.as_bytes());
-        t.insert(key(target), new).unwrap();
+        t.insert(target, new);
     });
-    let (ok, report, _) = check(&edited);
     assert!(!ok);
     assert_eq!(report["entry"], target, "{report}");
 
-    let deleted = tampered(&state, "deleted", |t| {
-        t.remove(key(target)).unwrap().unwrap();
+    let (ok, report) = chain.check_edited("deleted", |t| {
+        t.remove(&target).unwrap();
     });
-    let (ok, report, _) = check(&deleted);
     assert!(!ok);
     assert_eq!(report["entry"], target, "{report}");
     assert!(report["error"].as_str().unwrap().contains("missing"), "{report}");
 
-    let swapped = tampered(&state, "swapped", |t| {
-        let a = t.get(key(target)).unwrap().unwrap();
-        let b = t.get(key(target + 1)).unwrap().unwrap();
-        t.insert(key(target), b).unwrap();
-        t.insert(key(target + 1), a).unwrap();
+    let (ok, report) = chain.check_edited("swapped", |t| {
+        let a = t[&target].clone();
+        let b = t.insert(target + 1, a).unwrap();
+        t.insert(target, b);
     });
-    let (ok, report, _) = check(&swapped);
     assert!(!ok);
     assert_eq!(report["entry"], target, "{report}");
 
     // The last entry dropped: the chain alone cannot tell, the checkpoint count does.
-    let truncated = tampered(&state, "truncated", |t| {
-        t.remove(key(entries)).unwrap().unwrap();
+    let (ok, report) = chain.check_edited("truncated", |t| {
+        t.remove(&entries).unwrap();
     });
-    let (ok, report, _) = check(&truncated);
     assert!(ok, "{report}");
     assert!(report["summary"]["unanchored"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(chain.entries(), original, "every edit was made on a copy, or undone");
 
     // Revocation export for the batch: one UCI and one SIGNATURE hash per certificate, which
     // are the first 128 bits of SHA-256 over the UVCI and over r.
