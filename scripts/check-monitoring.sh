@@ -92,7 +92,8 @@ hcert_hsm_reinits_total hcert_hsm_bad_signatures_total hcert_hsm_timeouts_total
 hcert_http_requests_total hcert_audit_entries_total hcert_connections_refused_total""".split()
 GAUGES = """hcert_queue_records hcert_queue_oldest_age_seconds hcert_hsm_up hcert_hsm_sessions
 hcert_dsc_not_after_timestamp_seconds hcert_dsc_usage_end_timestamp_seconds hcert_dsc_active
-hcert_ready hcert_audit_last_checkpoint_timestamp_seconds hcert_store_corrupt_records""".split()
+hcert_ready hcert_audit_last_checkpoint_timestamp_seconds hcert_store_corrupt_records
+hcert_start_time_seconds""".split()
 HISTOGRAMS = "hcert_hsm_sign_duration_seconds hcert_record_latency_seconds".split()
 PROCESS = """process_resident_memory_bytes process_cpu_seconds_total process_open_fds
 process_max_fds process_start_time_seconds process_virtual_memory_bytes process_threads""".split()

@@ -220,9 +220,29 @@ async fn synchronous_sign_and_every_documented_route_answers() {
         assert_ne!(code.as_deref(), Some("no_route"), "{method} {path}");
         assert_ne!(r.status, 405, "{method} {path}");
     }
-    // Health answers on the operations listener without a certificate.
+    // A method a route does not answer: 405, and `Allow` names exactly the ones it does.
+    for (method, path, allow) in [
+        ("PUT", "/v1/batches".to_owned(), "POST"),
+        ("POST", format!("/v1/batches/{id}"), "GET, DELETE"),
+        ("DELETE", "/v1/trust-list".to_owned(), "GET"),
+        ("POST", "/healthz".to_owned(), "GET, HEAD"),
+        ("DELETE", "/readyz".to_owned(), "GET, HEAD"),
+    ] {
+        let r = c.request(method.parse().unwrap(), &path, None).await.unwrap();
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.headers["allow"], allow, "{method} {path}");
+    }
+    assert_eq!(c.request(http::Method::PUT, "/v1/nothing", None).await.unwrap().status, 404);
+    // Health answers on the operations listener without a certificate, to GET and HEAD only.
     assert_eq!(daemon::ops_get(d.ops, "/healthz").unwrap().0, 200);
     assert_eq!(daemon::ops_get(d.ops, "/readyz").unwrap().0, 200);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, head, body) = daemon::ops_request(d.ops, "HEAD", path).unwrap();
+        assert_eq!((status, body.as_str()), (200, ""), "HEAD {path}: {head}");
+        let (status, head, _) = daemon::ops_request(d.ops, "POST", path).unwrap();
+        assert_eq!(status, 405, "POST {path}");
+        assert!(head.to_ascii_lowercase().contains("\r\nallow: get, head"), "POST {path}: {head}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,9 @@ fn sum(m: &BTreeMap<String, f64>, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_signed_and_show_the_dsc_dates() {
+    let unix_now =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    let before_start = unix_now();
     let d = Daemon::start();
     let mut c = d.client("issuer").await;
     let mut recs = records("m-", 100);
@@ -76,6 +79,9 @@ async fn metrics_count_what_was_signed_and_show_the_dsc_dates() {
     );
     assert_eq!(m.get(&format!("hcert_dsc_active{{kid=\"{kid_b64}\"}}")), Some(&1.0));
     assert!(m.get("process_resident_memory_bytes").is_some_and(|v| *v > 0.0));
+    // Uptime without /proc/stat (hidden by the hardened unit's ProcSubset=pid).
+    let started = m["hcert_start_time_seconds"];
+    assert!((before_start.floor()..=unix_now()).contains(&started), "{started} not within this test");
     assert!(
         m.keys().any(|k| k.starts_with("hcert_http_requests_total{route=\"/v1/batches\",status=\"202\"}"))
     );

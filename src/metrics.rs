@@ -63,6 +63,9 @@ pub struct Metrics {
     pub audit_last_checkpoint: IntGauge,
     /// Records set aside as unreadable.
     pub store_corrupt_records: IntGauge,
+    /// When this process started (Unix seconds): uptime under the hardened unit, where
+    /// `ProcSubset=pid` hides `/proc/stat` and with it `process_start_time_seconds`.
+    pub start_time: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -217,6 +220,7 @@ impl Metrics {
                 "hcert_store_corrupt_records",
                 "Stored records set aside as unreadable since start (non-zero: a bug or tampering).",
             ),
+            start_time: gauge(&r, "hcert_start_time_seconds", "When the daemon started (Unix seconds)."),
             registry: r,
         }
     }
@@ -260,7 +264,7 @@ impl Metrics {
     /// The name of every `hcert_*` family, observed or not yet (histograms by their base name).
     pub fn family_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 25] = [
             &self.signatures,
             &self.rejected,
             &self.batches,
@@ -285,6 +289,7 @@ impl Metrics {
             &self.ready,
             &self.audit_last_checkpoint,
             &self.store_corrupt_records,
+            &self.start_time,
         ];
         let mut names: Vec<String> =
             collectors.iter().flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())).collect();

@@ -301,14 +301,20 @@ fn merge_into_existing_table(config: &str, text: &str) -> Option<String> {
 
 /// A plain-HTTP GET on the operations listener: (status, body), or None if it does not answer.
 pub fn ops_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    ops_request(addr, "GET", path).map(|(status, _, body)| (status, body))
+}
+
+/// A plain-HTTP request without a body on the operations listener: (status, head, body), or
+/// None if it does not answer.
+pub fn ops_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some((status, head.to_owned(), body.to_owned()))
 }
 
 /// `n` valid records (`ref` = prefix + index), deterministic, of all three kinds.

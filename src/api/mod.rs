@@ -234,16 +234,61 @@ where
 /// The OpenAPI path template a request matches (`other` for none): a metric label that never
 /// carries a batch id or a key label.
 pub fn route_template(method: &str, path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     ROUTES
         .iter()
-        .find(|(m, template)| {
-            let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-            *m == method
-                && parts.len() == segments.len()
-                && parts.iter().zip(&segments).all(|(p, s)| p.starts_with('{') || p == s)
-        })
+        .find(|(m, template)| *m == method && template_matches(template, path))
         .map_or("other", |(_, template)| template)
+}
+
+/// Whether `path` is an instance of the OpenAPI path `template` (`{name}` is any one segment).
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut parts = template.trim_start_matches('/').split('/');
+    let mut segments = path.trim_start_matches('/').split('/');
+    loop {
+        match (parts.next(), segments.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.starts_with('{') || p == s => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The methods [`ROUTES`] answers on `path`, HEAD beside each GET of a probe; empty for a path
+/// no route has.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let mut allow: Vec<&'static str> =
+        ROUTES.iter().filter(|(_, t)| template_matches(t, path)).map(|(m, _)| *m).collect();
+    if PROBES.contains(&path) && allow.contains(&"GET") {
+        allow.push("HEAD");
+    }
+    allow
+}
+
+/// The routes that answer HEAD as well as GET: what probes and load balancers call.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// 405 with the `Allow` header naming what `path` does answer (RFC 9110 requires it).
+pub fn method_not_allowed(method: &Method, path: &str, allow: &[&str]) -> Response<Body> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}"),
+    );
+    let value = header::HeaderValue::from_str(&allow.join(", ")).expect("method names are header-safe");
+    r.headers_mut().insert(header::ALLOW, value);
+    r
+}
+
+/// A probe's answer: GET and HEAD only (hyper sends no body to a HEAD), else 405.
+pub async fn probe<F>(method: &Method, path: &str, answer: F) -> Response<Body>
+where
+    F: std::future::Future<Output = Response<Body>>,
+{
+    if method == Method::GET || method == Method::HEAD {
+        answer.await
+    } else {
+        method_not_allowed(method, path, &["GET", "HEAD"])
+    }
 }
 
 async fn dispatch<B>(state: Arc<AppState>, client: Option<Arc<Client>>, req: Request<B>) -> Response<Body>
@@ -256,8 +301,8 @@ where
     let method = req.method().clone();
     // Health needs no role: the process and its dependencies, nothing about anyone's data.
     match segments.as_slice() {
-        ["healthz"] => return routes::health::healthz(),
-        ["readyz"] => return routes::health::readyz(&state).await,
+        ["healthz"] => return probe(&method, &path, async { routes::health::healthz() }).await,
+        ["readyz"] => return probe(&method, &path, routes::health::readyz(&state)).await,
         _ => {}
     }
     let Some(client) = client else {
@@ -319,25 +364,10 @@ where
         (&Method::GET, ["v1", "audit", "checkpoints"]) => {
             routes::audit_checkpoints::handle(&state, req.uri().query()).await
         }
-        (
-            _,
-            ["v1", "batches"]
-            | ["v1", "batches", _]
-            | ["v1", "batches", _, "results"]
-            | ["v1", "sign"]
-            | ["v1", "trust-list"]
-            | ["v1", "keys"]
-            | ["v1", "keys", _, "csr" | "certificate" | "approve" | "retire" | "upload"]
-            | ["v1", "cscas"]
-            | ["v1", "audit"]
-            | ["v1", "audit", "key" | "checkpoints"]
-            | ["v1", "revocations"],
-        ) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed on {path}"),
-        ),
-        _ => error(StatusCode::NOT_FOUND, "no_route", format!("no route {path}")),
+        _ => match allowed_methods(&path).as_slice() {
+            [] => error(StatusCode::NOT_FOUND, "no_route", format!("no route {path}")),
+            allow => method_not_allowed(&method, &path, allow),
+        },
     }
 }
 
@@ -442,5 +472,15 @@ mod tests {
         assert_eq!(route_template("POST", "/v1/keys/dsc-9/approve"), "/v1/keys/{label}/approve");
         assert_eq!(route_template("POST", "/v1/batches/x"), "other");
         assert_eq!(route_template("GET", "/etc/passwd"), "other");
+    }
+
+    #[test]
+    fn allow_names_the_methods_of_the_path_and_nothing_for_an_unknown_one() {
+        assert_eq!(allowed_methods("/v1/batches/x"), ["GET", "DELETE"]);
+        assert_eq!(allowed_methods("/v1/keys"), ["GET", "POST"]);
+        assert_eq!(allowed_methods("/readyz"), ["GET", "HEAD"]);
+        assert!(allowed_methods("/metrics").is_empty(), "the operations listener's, not the API's");
+        assert!(allowed_methods("/v1/batches/x/y").is_empty());
+        assert!(allowed_methods("/v1").is_empty());
     }
 }

@@ -317,11 +317,15 @@ pub async fn serve_ops(listener: TcpListener, state: Arc<AppState>, mut stop: wa
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 async move {
-                    let path = req.uri().path().to_owned();
-                    let r = match path.as_str() {
-                        "/healthz" => super::routes::health::healthz(),
-                        "/readyz" => super::routes::health::readyz(&state).await,
-                        "/metrics" => super::routes::metrics::handle(&state).await,
+                    let (method, path) = (req.method(), req.uri().path());
+                    let r = match path {
+                        "/healthz" => {
+                            super::probe(method, path, async { super::routes::health::healthz() }).await
+                        }
+                        "/readyz" => super::probe(method, path, super::routes::health::readyz(&state)).await,
+                        "/metrics" => {
+                            super::probe(method, path, super::routes::metrics::handle(&state)).await
+                        }
                         _ => {
                             super::error(http::StatusCode::NOT_FOUND, "no_route", format!("no route {path}"))
                         }

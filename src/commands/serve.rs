@@ -49,6 +49,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Before any thread exists: taking them clears LISTEN_FDS from the environment.
     let passed = passed_listeners()?;
     crate::logging::init(&config.log_level);
+    // The real clock, not the calendar's: uptime is what the dashboard shows.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    crate::metrics::get().start_time.set(started.as_secs() as i64);
 
     let hsm = Hsm::open(&config.hsm)?;
     // The embedded store owns its folder under the state directory, which also holds the audit
