@@ -16,7 +16,7 @@ command -v haproxy >/dev/null || need_apt+=(haproxy)
 # openssl for the CMS checks and the runbook; python3 with YAML and JSON Schema for
 # scripts/check-monitoring.sh (which installs promtool itself, without starting a server).
 command -v openssl >/dev/null || need_apt+=(openssl)
-python3 -c 'import yaml, jsonschema' 2>/dev/null || need_apt+=(python3 python3-yaml python3-jsonschema)
+python3 -c 'import yaml, jsonschema, requests' 2>/dev/null || need_apt+=(python3 python3-yaml python3-jsonschema python3-requests)
 if ((${#need_apt[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

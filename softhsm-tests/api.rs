@@ -333,3 +333,30 @@ async fn served_soon(d: &Daemon, client: &str) -> bool {
     }
     false
 }
+
+/// Issue 20, acceptance 1: a client that writes its whole body before reading (Python
+/// `requests`) reads the early answers — 413 for a 17 MB batch, 403 for a 300 KB body on an
+/// officer-only route, 415 for a wrong media type — 20 times out of 20 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_reach_clients_that_write_the_whole_body_first() {
+    let d = Daemon::start();
+    let tls = d.path().join("tls");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-tests/clients/early_answers.py");
+    // The daemon is another process: blocking this test's thread holds nothing up.
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("https://localhost:{}", d.listen.port()))
+        .arg(tls.join("ca.pem"))
+        .arg(tls.join("issuer.pem"))
+        .arg(tls.join("issuer.key"))
+        .arg("20")
+        .output()
+        .expect("python3 with requests (scripts/install-deps.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON report");
+    for case in ["batch_of_17_mb", "officer_route_300_kb", "wrong_type_300_kb"] {
+        let r = &report[case];
+        let expected = r["expected"].to_string();
+        assert_eq!(r["got"], json!({ expected: 20 }), "{case}: {r}");
+    }
+}

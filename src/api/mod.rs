@@ -1,6 +1,7 @@
 //! The HTTPS API of PRODUCT.md: who is calling (from the client certificate), what they may
 //! do, and which route handles the request. One file per route lives in [`routes`].
 
+pub mod linger;
 pub mod ndjson;
 pub mod proxy;
 pub mod routes;

@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::linger::Lingering;
 use super::proxy::{self, ProxyError, TrustedProxies};
 use super::tls::TlsState;
 use super::{ApiError, AppState, Body, Identity, route};
@@ -223,7 +224,7 @@ pub async fn serve_api(
                     })
                 }
             });
-            let conn = http().serve_connection(TokioIo::new(stream), svc);
+            let conn = http().serve_connection(TokioIo::new(Lingering::new(stream)), svc);
             if let Err(e) = watcher.watch(conn).await {
                 log::debug!("api: connection from {peer}: {e}");
             }
@@ -333,7 +334,7 @@ pub async fn serve_ops(listener: TcpListener, state: Arc<AppState>, mut stop: wa
                     Ok::<_, std::convert::Infallible>(r)
                 }
             });
-            let _ = http().serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = http().serve_connection(TokioIo::new(Lingering::new(tcp)), svc).await;
         });
     }
 }
