@@ -185,6 +185,31 @@ async fn two_officers_rotate_the_dsc_while_batches_sign() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["summary"]["signatures"], 4500, "{summary}");
+
+    // A profile naming the appliance by DNS name; the server name defaults to it.
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let by_name: String = text
+        .lines()
+        .filter(|l| !l.starts_with("server_name"))
+        .map(|l| match l.starts_with("address") {
+            true => format!("address = \"localhost:{}\"\n", d.listen.port()),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    let named = d.path().join("officer1-by-name.toml");
+    std::fs::write(&named, by_name).unwrap();
+    let out = std::process::Command::new(daemon::BIN)
+        .args(["keys", "--profile"])
+        .arg(&named)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dsc-dev-1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

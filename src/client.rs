@@ -215,11 +215,12 @@ impl ApiClient {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// The API address, `HOST:PORT`.
-    pub address: SocketAddr,
-    /// The name the server certificate must carry (default `localhost`).
-    #[serde(default = "default_server_name")]
-    pub server_name: String,
+    /// The API address, `HOST:PORT`: a DNS name, an IPv4 address or a bracketed IPv6 address.
+    pub address: String,
+    /// The name the server certificate must carry (default: the address's DNS name, or
+    /// `localhost` for an IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
     /// The CA that signed the server certificate, PEM.
     pub ca: std::path::PathBuf,
     /// This client's certificate, PEM.
@@ -228,8 +229,29 @@ pub struct Profile {
     pub key: std::path::PathBuf,
 }
 
-fn default_server_name() -> String {
-    "localhost".into()
+/// Splits `HOST:PORT` (`[v6]:PORT` for IPv6) into its host and port.
+pub fn split_host_port(address: &str) -> Result<(&str, u16)> {
+    let bad = |why: &str| {
+        Error::Config(format!("address {address:?}: {why}; expected HOST:PORT, e.g. signer.example.org:8443"))
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(bad("port 0"));
+    }
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let v6 = v6.strip_suffix(']').ok_or_else(|| bad("an unclosed '['"))?;
+            v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad("not an IPv6 address in brackets"))?;
+            v6
+        }
+        None if host.contains(':') => return Err(bad("an IPv6 address needs brackets: [addr]:port")),
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((host, port))
 }
 
 impl Profile {
@@ -238,6 +260,7 @@ impl Profile {
         let text = std::fs::read_to_string(path).map_err(Error::file(path))?;
         let mut p: Profile =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        split_host_port(&p.address).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for f in [&mut p.ca, &mut p.cert, &mut p.key] {
             if f.is_relative() {
@@ -247,9 +270,73 @@ impl Profile {
         Ok(p)
     }
 
-    /// Connects with this profile's identity.
+    /// The name the server's certificate is checked for.
+    pub fn server_name(&self) -> String {
+        if let Some(name) = &self.server_name {
+            return name.clone();
+        }
+        match split_host_port(&self.address) {
+            Ok((host, _)) if host.parse::<std::net::IpAddr>().is_err() => host.to_owned(),
+            _ => "localhost".into(),
+        }
+    }
+
+    /// Connects with this profile's identity, to the first of the address's resolved
+    /// addresses that answers.
     pub async fn connect(&self) -> Result<ApiClient> {
         let tls = ClientTls::from_files(&self.ca, &self.cert, &self.key)?;
-        ApiClient::connect(self.address, &self.server_name, &tls).await
+        let (host, port) = split_host_port(&self.address)?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            // Not a configuration error: a name that does not resolve now may later.
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("cannot resolve {host:?}: {e}"))))?
+            .collect();
+        let mut last = None;
+        for addr in addrs {
+            match ApiClient::connect(addr, &self.server_name(), &tls).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| Error::Io(std::io::Error::other(format!("{host:?} resolves to no address")))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port_with_a_name_an_ipv4_or_a_bracketed_ipv6() {
+        assert_eq!(split_host_port("signer.moh.gov.vn:8443").unwrap(), ("signer.moh.gov.vn", 8443));
+        assert_eq!(split_host_port("127.0.0.1:8443").unwrap(), ("127.0.0.1", 8443));
+        assert_eq!(split_host_port("[::1]:8443").unwrap(), ("::1", 8443));
+        for (bad, why) in [
+            ("signer.moh.gov.vn", "no port"),
+            ("signer:http", "not a number"),
+            ("signer:0", "port 0"),
+            (":8443", "no host"),
+            ("::1:8443", "needs brackets"),
+            ("[::1:8443", "unclosed"),
+            ("[nope]:8443", "not an IPv6"),
+        ] {
+            let e = split_host_port(bad).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_server_name_defaults_to_the_host_name_or_localhost_for_an_ip() {
+        let profile = |address: &str, server_name: Option<&str>| Profile {
+            address: address.into(),
+            server_name: server_name.map(Into::into),
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+        };
+        assert_eq!(profile("signer.moh.gov.vn:8443", None).server_name(), "signer.moh.gov.vn");
+        assert_eq!(profile("10.0.0.5:8443", None).server_name(), "localhost");
+        assert_eq!(profile("10.0.0.5:8443", Some("signer.moh.gov.vn")).server_name(), "signer.moh.gov.vn");
     }
 }
