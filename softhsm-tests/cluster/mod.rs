@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hcert_signer::client::{ApiClient, ClientTls, Reply};
-use hcert_signer::store::postgres::ScratchCluster;
+use hcert_signer::store::postgres::{PgSettings, ScratchCluster};
 use http::Method;
 
 use crate::daemon::{BIN, Daemon, Haproxy, TestStore, free_port};
@@ -127,6 +127,12 @@ impl Cluster {
     /// Node `n` (1-based), to hand to another thread (a test's chaos thread).
     pub fn shared(&self, n: usize) -> Arc<Mutex<Daemon>> {
         self.nodes[n - 1].clone()
+    }
+
+    /// Settings for a connection of the test's own to the cluster's database (to look at what
+    /// the nodes left in it; open it on a thread outside any runtime).
+    pub fn database(&self) -> PgSettings {
+        self.pg.as_ref().expect("the database").settings(1).expect("database settings")
     }
 
     /// TLS settings of the dev-init client `name` (one client PKI for the whole cluster).

@@ -251,6 +251,11 @@ impl Daemon {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal by name (e.g. `HUP`).
     pub fn signal(&self, name: &str) {
         if let Some(c) = &self.child {
