@@ -279,6 +279,35 @@ async fn three_nodes_sign_30000_records_through_haproxy_with_one_node_killed_and
     assert_eq!(c.audited_signatures(1), (BATCHES * PER_BATCH + 100) as u64, "{}", c.logs());
 }
 
+/// `dev-init --join` before the first node ever started is refused and writes nothing: the
+/// first start makes the cluster's audit key, whose pinned public half every node needs.
+#[test]
+fn joining_a_node_that_never_started_is_refused() {
+    let pg = std::thread::spawn(hcert_signer::store::postgres::ScratchCluster::start)
+        .join()
+        .unwrap()
+        .expect("a scratch PostgreSQL");
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(daemon::BIN).arg("dev-init").args(args).output().unwrap()
+    };
+    let made = run(&[
+        "--dir".as_ref(),
+        first.path().as_os_str(),
+        "--postgres".as_ref(),
+        pg.url().as_ref(),
+        "--postgres-password-file".as_ref(),
+        pg.password_file().as_os_str(),
+    ]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let refused =
+        run(&["--dir".as_ref(), second.path().as_os_str(), "--join".as_ref(), first.path().as_os_str()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("has not started yet") && stderr.contains("audit-key.pem"), "{stderr}");
+    assert_eq!(std::fs::read_dir(second.path()).unwrap().count(), 0, "nothing written");
+}
+
 // ---- Acceptance 3 ----
 
 async fn ok(reply: Reply, what: &str) -> Value {
