@@ -459,3 +459,56 @@ async fn two_officers_rotate_the_dsc_through_two_nodes_and_every_node_signs_with
     }
     assert_eq!(c.audited_signatures(2), released as u64, "{}", c.logs());
 }
+
+/// A node stopped with SIGTERM gives back at once every block it leased, those it had not
+/// handed to a worker yet included (chunks not a multiple of a block leave some waiting), so
+/// the others need not wait for its leases to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_gives_back_every_lease_at_once() {
+    let c = Cluster::start();
+    for n in [1, 2] {
+        assert_eq!(c.node(n).terminate(), Some(0));
+    }
+    {
+        let mut n3 = c.node(3);
+        assert_eq!(n3.terminate(), Some(0));
+        n3.append_config("\n[pipeline]\nworkers = 1\nchunk_size = 10\n");
+        n3.spawn();
+        n3.wait_ready(Duration::from_secs(120));
+    }
+    let mut direct = c.direct(3, "issuer").await;
+    let r = direct.post("/v1/batches", &json!({"records": records("s-", 3000)})).await.unwrap();
+    assert_eq!(r.status, 202, "{}", text(&r));
+    let id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    loop {
+        let v = direct.get(&format!("/v1/batches/{id}")).await.unwrap().json().unwrap();
+        if v["signed"].as_u64().unwrap_or(0) > 0 {
+            assert_ne!(v["state"], "done", "signed too fast to stop it midway: {v}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(direct);
+    let database = c.database();
+    let pid = c.node(3).pid().unwrap();
+    let code = c.node(3).terminate();
+    assert_eq!(code, Some(0), "{}", c.logs());
+    let held: i64 = std::thread::spawn(move || {
+        hcert_signer::store::postgres::open(database)
+            .unwrap()
+            .run(|c| {
+                c.query_one(
+                    "SELECT count(*) FROM pending WHERE lease_node LIKE '%/' || $1 || '/%'
+                     AND lease_token IS NOT NULL AND lease_until > clock_timestamp()",
+                    &[&pid.to_string()],
+                )
+                .map(|r| r.get(0))
+            })
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(held, 0, "the stopped node still leases {held} block(s){}", c.logs());
+}
