@@ -124,18 +124,7 @@ async fn three_nodes_sign_30000_records_through_haproxy_with_one_node_killed_and
     let database = c.database();
     let chaos = std::thread::spawn(move || {
         let db = hcert_signer::store::postgres::open(database).expect("the test's own connection");
-        // Blocks a node (by its process id) holds under a lease that has not ended.
-        let leased = |pid: u32| -> i64 {
-            db.run(|c| {
-                c.query_one(
-                    "SELECT count(*) FROM pending WHERE lease_node LIKE '%/' || $1 || '/%'
-                     AND lease_token IS NOT NULL AND lease_until > clock_timestamp()",
-                    &[&pid.to_string()],
-                )
-                .map(|r| r.get(0))
-            })
-            .expect("read the leases")
-        };
+        let leased = |pid| cluster::leased_by(&db, pid);
         let mut log = Vec::new();
         let mut stranded = 0;
         let t0 = Instant::now();
@@ -496,19 +485,82 @@ async fn a_stopped_node_gives_back_every_lease_at_once() {
     let code = c.node(3).terminate();
     assert_eq!(code, Some(0), "{}", c.logs());
     let held: i64 = std::thread::spawn(move || {
-        hcert_signer::store::postgres::open(database)
-            .unwrap()
-            .run(|c| {
-                c.query_one(
-                    "SELECT count(*) FROM pending WHERE lease_node LIKE '%/' || $1 || '/%'
-                     AND lease_token IS NOT NULL AND lease_until > clock_timestamp()",
-                    &[&pid.to_string()],
-                )
-                .map(|r| r.get(0))
-            })
-            .unwrap()
+        cluster::leased_by(&hcert_signer::store::postgres::open(database).unwrap(), pid)
     })
     .join()
     .unwrap();
     assert_eq!(held, 0, "the stopped node still leases {held} block(s){}", c.logs());
+}
+
+/// A node frozen (SIGSTOP) while it holds leased work, past the lease: the others take its
+/// chunks over and finish every batch; when it wakes, its late commits write nothing — the
+/// results do not change, each record has one, and the audit chain counts each released
+/// signature once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_past_its_leases_writes_nothing_when_it_wakes() {
+    let c = Cluster::start();
+    let mut balanced = c.balanced("issuer");
+    let mut ids = Vec::new();
+    for b in 0..4 {
+        let body =
+            json!({"idempotency_key": format!("frozen-{b}"), "records": records(&format!("f{b}-"), 1000)});
+        let r = balanced
+            .send(
+                Method::POST,
+                "/v1/batches",
+                Some(serde_json::to_vec(&body).unwrap()),
+                Duration::from_secs(120),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", text(&r));
+        ids.push(r.json().unwrap()["batch_id"].as_str().unwrap().to_owned());
+    }
+    let start = Instant::now();
+    while c.leased_by_node(2) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "node 2 never leased work{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.node(2).signal("STOP");
+    let frozen = Instant::now();
+    let held = c.leased_by_node(2);
+    println!("node 2 frozen holding {held} leased block(s)");
+
+    // The others finish everything, node 2's chunks once its leases have ended.
+    let mut before = Vec::new();
+    for id in &ids {
+        loop {
+            let v = balanced.get(&format!("/v1/batches/{id}")).await.json().unwrap();
+            if v["state"] == "done" {
+                assert_eq!((v["signed"].as_u64(), v["rejected"].as_u64()), (Some(1000), Some(0)), "{v}");
+                break;
+            }
+            assert!(frozen.elapsed() < Duration::from_secs(300), "batch {id} not done: {v}{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        before.push(balanced.get(&format!("/v1/batches/{id}/results")).await.body);
+    }
+    println!("all done {:?} after the freeze", frozen.elapsed());
+    // Past its leases for certain, then awake: whatever it signed meanwhile it tries to commit.
+    tokio::time::sleep(Duration::from_secs(35).saturating_sub(frozen.elapsed())).await;
+    c.node(2).signal("CONT");
+    c.node(2).wait_ready(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut hc1s = Vec::new();
+    for (id, earlier) in ids.iter().zip(&before) {
+        let now = balanced.get(&format!("/v1/batches/{id}/results")).await.body;
+        assert_eq!(&now, earlier, "batch {id}: results changed after the frozen node woke");
+        let got = lines(&now);
+        let refs: HashSet<&str> = got.iter().map(|l| l["ref"].as_str().unwrap()).collect();
+        assert_eq!((got.len(), refs.len()), (1000, 1000), "batch {id}: one result per record");
+        hc1s.extend(got.iter().map(|l| l["hc1"].as_str().unwrap().to_owned()));
+    }
+    let tl = balanced.get("/v1/trust-list").await;
+    let (ok, reports) = verify_all(std::str::from_utf8(&tl.body).unwrap(), &hc1s);
+    assert!(ok, "{:?}", reports.iter().find(|r| r["ok"] != true));
+    drop(balanced);
+    for n in 1..=3 {
+        c.node(n).terminate();
+    }
+    assert_eq!(c.audited_signatures(1), 4000, "each released signature audited once{}", c.logs());
 }

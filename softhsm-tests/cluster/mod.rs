@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hcert_signer::client::{ApiClient, ClientTls, Reply};
-use hcert_signer::store::postgres::{PgSettings, ScratchCluster};
+use hcert_signer::store::postgres::{PgPool, PgSettings, ScratchCluster};
 use http::Method;
 
 use crate::daemon::{BIN, Daemon, Haproxy, TestStore, free_port};
@@ -135,6 +135,17 @@ impl Cluster {
         self.pg.as_ref().expect("the database").settings(1).expect("database settings")
     }
 
+    /// [`leased_by`] node `n` (0 when it is not running), on a connection of its own.
+    pub fn leased_by_node(&self, n: usize) -> i64 {
+        let Some(pid) = self.node(n).pid() else { return 0 };
+        let settings = self.database();
+        std::thread::spawn(move || {
+            leased_by(&hcert_signer::store::postgres::open(settings).expect("connect"), pid)
+        })
+        .join()
+        .expect("lease count")
+    }
+
     /// TLS settings of the dev-init client `name` (one client PKI for the whole cluster).
     pub fn tls(&self, name: &str) -> ClientTls {
         self.node(1).tls(name)
@@ -189,6 +200,20 @@ impl Drop for Cluster {
             let _ = std::thread::spawn(move || drop(pg)).join();
         }
     }
+}
+
+/// The blocks the node with process id `pid` holds under a lease that has not ended, read in
+/// the database (a node names itself host/pid/random as lease holder).
+pub fn leased_by(db: &PgPool, pid: u32) -> i64 {
+    db.run(|c| {
+        c.query_one(
+            "SELECT count(*) FROM pending WHERE lease_node LIKE '%/' || $1 || '/%'
+             AND lease_token IS NOT NULL AND lease_until > clock_timestamp()",
+            &[&pid.to_string()],
+        )
+        .map(|r| r.get(0))
+    })
+    .expect("read the leases")
 }
 
 /// Runs `hcert-signer dev-init` with `args`; asserts it succeeds.
