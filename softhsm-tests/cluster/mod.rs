@@ -195,10 +195,7 @@ impl Drop for Cluster {
         for n in &self.nodes {
             n.lock().unwrap_or_else(|e| e.into_inner()).kill9();
         }
-        if let Some(pg) = self.pg.take() {
-            // Its synchronous client must not run on a runtime's thread.
-            let _ = std::thread::spawn(move || drop(pg)).join();
-        }
+        self.pg.take();
     }
 }
 
