@@ -336,6 +336,7 @@ fn kids(lines: &[Value]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_officers_rotate_the_dsc_through_two_nodes_and_every_node_signs_with_it() {
     let c = Cluster::start();
+    let pids: Vec<Option<u32>> = (1..=3).map(|n| c.node(n).pid()).collect();
     let mut balanced = c.balanced("issuer");
     let (_, before) = trust_list(&mut c.direct(1, "issuer").await).await;
     let old_kid = before.as_object().unwrap().keys().next().unwrap().clone();
@@ -448,6 +449,7 @@ async fn two_officers_rotate_the_dsc_through_two_nodes_and_every_node_signs_with
     assert!(all_ok, "{:?}", reports.iter().find(|r| r["ok"] != true));
 
     drop(balanced);
+    assert_eq!((1..=3).map(|n| c.node(n).pid()).collect::<Vec<_>>(), pids, "no node restarted");
     for n in 1..=3 {
         c.node(n).terminate();
     }
