@@ -118,6 +118,22 @@ impl Daemon {
         Daemon { listen: config.listen, ops: config.metrics_listen, dir, store, child: None, log, cluster }
     }
 
+    /// A daemon (not started yet) for a directory `dev-init` already wrote (a cluster's node
+    /// made with `--postgres` or `--join`; its database belongs to the caller).
+    pub fn at(dir: tempfile::TempDir, store: TestStore) -> Daemon {
+        let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
+        let log = dir.path().join("daemon.log");
+        Daemon {
+            listen: config.listen,
+            ops: config.metrics_listen,
+            dir,
+            store,
+            child: None,
+            log,
+            cluster: None,
+        }
+    }
+
     /// dev-init and start, waiting until ready.
     pub fn start() -> Daemon {
         Daemon::start_on(TestStore::from_env())
@@ -233,6 +249,11 @@ impl Daemon {
         let mut c = self.child.take()?;
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Sends a signal by name (e.g. `HUP`).
@@ -403,20 +424,25 @@ impl Haproxy {
     /// Starts it listening on `lb`, its two server lines naming `nodes` (the same daemon twice
     /// for a single node), its log in `log`.
     pub fn start(lb: SocketAddr, nodes: [&Daemon; 2], log: &Path) -> Self {
-        let log = std::fs::File::create(log).expect("haproxy log");
-        Self(
-            Command::new("haproxy")
-                .args(["-db", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/scale-out/haproxy.cfg")])
-                .env("HCERT_LB_BIND", lb.to_string())
-                .env("HCERT_NODE1_API", nodes[0].listen.to_string())
-                .env("HCERT_NODE1_OPS", nodes[0].ops.port().to_string())
-                .env("HCERT_NODE2_API", nodes[1].listen.to_string())
-                .env("HCERT_NODE2_OPS", nodes[1].ops.port().to_string())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("haproxy (Debian package haproxy)"),
+        Haproxy::with_config(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scale-out/haproxy.cfg").as_ref(),
+            lb,
+            &nodes,
+            log,
         )
+    }
+
+    /// Starts it on the configuration `config` (a shipped one, unchanged), listening on `lb`,
+    /// server line `n` naming `nodes[n - 1]` through `HCERT_NODE{n}_API` / `_OPS`.
+    pub fn with_config(config: &Path, lb: SocketAddr, nodes: &[&Daemon], log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("haproxy log");
+        let mut cmd = Command::new("haproxy");
+        cmd.args(["-db", "-f"]).arg(config).env("HCERT_LB_BIND", lb.to_string());
+        for (n, node) in nodes.iter().enumerate() {
+            cmd.env(format!("HCERT_NODE{}_API", n + 1), node.listen.to_string())
+                .env(format!("HCERT_NODE{}_OPS", n + 1), node.ops.port().to_string());
+        }
+        Self(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("haproxy (Debian package haproxy)"))
     }
 }
 

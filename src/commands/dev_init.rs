@@ -60,8 +60,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "postgres")]
     pub postgres_password_file: Option<PathBuf>,
     /// Write a further node of the cluster set up in DIR (made with `--postgres`): the same
-    /// token, certificates and database, its own ports and state directory. Nothing else is
-    /// made.
+    /// token, certificates and database, its own ports and state directory, and the audit
+    /// key's public half DIR's node pinned at its first start (so that node must have started
+    /// once). Nothing else is made.
     #[arg(long, value_name = "DIR")]
     pub join: Option<PathBuf>,
 }
@@ -191,6 +192,18 @@ fn join(args: &Args, first: &Path) -> Result<ExitCode> {
             first.display()
         )));
     }
+    // The first start makes the cluster's audit key and pins its public half there; a node
+    // written before would either refuse to start or, started first, make a key of its own
+    // that the first node then refuses.
+    let pem = config.state_dir.join(super::serve::AUDIT_KEY_FILE);
+    if !pem.exists() {
+        return Err(Error::Config(format!(
+            "{} has not started yet: its first start makes the cluster's audit key and pins its public \
+             half in {}, which every further node needs. Start that node once, then join",
+            first.display(),
+            pem.display()
+        )));
+    }
     let dir = prepare_dir(&args.dir)?;
     let [free_a, free_b] = free_ports()?;
     let listen = args.listen.unwrap_or(free_a);
@@ -212,11 +225,8 @@ fn join(args: &Args, first: &Path) -> Result<ExitCode> {
     }
     write_file(&dir.join("config.toml"), &out)?;
     // The audit key's public half, pinned at the cluster's first start (see the runbook).
-    let pem = config.state_dir.join(super::serve::AUDIT_KEY_FILE);
-    if pem.exists() {
-        std::fs::create_dir_all(&state).map_err(Error::file(&state))?;
-        std::fs::copy(&pem, state.join(super::serve::AUDIT_KEY_FILE)).map_err(Error::file(&pem))?;
-    }
+    std::fs::create_dir_all(&state).map_err(Error::file(&state))?;
+    std::fs::copy(&pem, state.join(super::serve::AUDIT_KEY_FILE)).map_err(Error::file(&pem))?;
     for (name, roles) in CLIENTS {
         if roles.contains("officer") {
             write_file(&dir.join(format!("{name}.toml")), &profile_toml(&first, name, listen))?;

@@ -196,6 +196,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })?;
     // Workers finish (commit or release) the chunk they hold; then everything is on disk.
     pipeline.shutdown();
+    // Explicitly: the store's handles outlive this function (the cluster watcher holds one).
+    store.give_back_leases();
     if let Err(e) = audit.checkpoint(&store) {
         log::error!("audit: final checkpoint failed: {e}");
     }

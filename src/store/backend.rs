@@ -186,6 +186,11 @@ pub trait Backend: Send + Sync {
         let _ = on_change;
     }
 
+    /// Gives back, for other handles to claim at once, all work this handle leased and did
+    /// not commit: called once its workers have stopped (a stopping node). A backend that one
+    /// process owns alone has nobody to give it to.
+    fn give_back_leases(&self) {}
+
     // Health.
 
     /// Readiness: `Err` while the store cannot take signing work (stopped after a failure,

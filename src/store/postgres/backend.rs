@@ -171,6 +171,10 @@ impl Backend for PgStore {
         Ok(())
     }
 
+    fn give_back_leases(&self) {
+        self.inner.give_back_leases();
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         // Every change is committed before it is answered.
         Ok(())

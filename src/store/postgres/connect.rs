@@ -31,9 +31,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The server ends a session left idle inside a transaction this long
 /// (`idle_in_transaction_session_timeout`): a node frozen mid-transaction (stopped, swapping, its machine lost behind
-/// a partition that keeps TCP up) must not hold its row locks, e.g. on the audit chain's head,
-/// for every other node. No transaction of the store waits on anything but the database.
-pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// a partition that keeps TCP up) must not hold its row locks, e.g. on the audit chain's head
+/// or a batch's counters, for every other node: well under the 30 s lease, or a frozen node's
+/// open commit would stall the others' work on its batches longer than its lease does. No
+/// transaction of the store waits on anything but the database, except a checkpoint's one HSM
+/// signature (the HSM's `op_timeout_ms`, 5 s by default): a slower HSM fails that checkpoint,
+/// which is made again at the next.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `get` waits for a busy pool to hand back a connection.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection idle this long is checked (an empty query) before it is handed out: after a

@@ -58,8 +58,14 @@ impl Drop for Inner {
         if let Some(stock) = self.key_stock.get() {
             stock.stop();
         }
-        // Blocks still leased here go back at once rather than when their leases expire, so a
-        // node that stops (or restarts) strands nothing for the others.
+        self.give_back_leases();
+    }
+}
+
+impl Inner {
+    /// Blocks still leased here go back at once rather than when their leases expire, so a
+    /// node that stops (or restarts) strands nothing for the others.
+    pub(super) fn give_back_leases(&self) {
         let held = std::mem::take(&mut *lock(&self.leases));
         if held.is_empty() {
             return;

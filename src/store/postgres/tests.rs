@@ -424,7 +424,7 @@ fn the_pool_opens_at_most_its_size_and_hands_connections_on() {
         .get(0);
     assert_eq!((sessions, pool.open_connections()), (2, 2));
     // The server enforces the timeouts the settings ask for.
-    for (setting, value) in [("statement_timeout", "30s"), ("idle_in_transaction_session_timeout", "1min")] {
+    for (setting, value) in [("statement_timeout", "30s"), ("idle_in_transaction_session_timeout", "15s")] {
         let shown: String = b.query_one(&format!("SHOW {setting}"), &[]).unwrap().get(0);
         assert_eq!(shown, value, "{setting}");
     }
