@@ -250,6 +250,14 @@ impl Backend for Faulty {
         self.inner.check()
     }
 
+    fn export(&self) -> crate::store::copy::Items {
+        self.inner.export()
+    }
+
+    fn import(&self, items: crate::store::copy::Items) -> Result<crate::store::copy::Tally, StoreError> {
+        self.inner.import(items)
+    }
+
     fn check_free_space(&self) -> Result<(), StoreError> {
         self.inner.check_free_space()
     }
