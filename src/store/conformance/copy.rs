@@ -126,7 +126,8 @@ pub fn round_trip_keeps_everything(a: &dyn Fixture, b: &dyn Fixture, c: &dyn Fix
     let refs = refs("other", 20);
     let e = last.submit("issuer-a", Some("retry-me"), &records(&refs), 900).unwrap_err();
     assert!(matches!(e, StoreError::IdempotencyConflict), "{e}");
-    let e = last.submit("issuer-b", Some("gone"), &records(&super::kit::refs("issuer-b", 5)), 900).unwrap_err();
+    let e =
+        last.submit("issuer-b", Some("gone"), &records(&super::kit::refs("issuer-b", 5)), 900).unwrap_err();
     assert!(matches!(e, StoreError::BatchDeleted { .. }), "the tombstone was copied: {e}");
     let newer = submit(&last, "issuer-c", None, 3, 900);
     assert_eq!(sign_all(&last, 10) as u64, before.queued + 3, "the queue, the newest batch last");
@@ -148,7 +149,10 @@ pub fn round_trip_keeps_everything(a: &dyn Fixture, b: &dyn Fixture, c: &dyn Fix
 /// An import into a store holding anything — an audit entry, a KEK pin, a batch — is
 /// [`StoreError::NotEmpty`] and changes nothing; so is a stream that breaks midway (a gap in
 /// the chain) refused whole, leaving the target as empty as it was.
-pub fn an_import_into_a_store_that_is_not_empty_is_refused(a: &dyn Fixture, fresh: &dyn Fn() -> Box<dyn Fixture>) {
+pub fn an_import_into_a_store_that_is_not_empty_is_refused(
+    a: &dyn Fixture,
+    fresh: &dyn Fn() -> Box<dyn Fixture>,
+) {
     let source = a.open();
     let fill = fill(&source);
     let b = fresh();
@@ -165,7 +169,13 @@ pub fn an_import_into_a_store_that_is_not_empty_is_refused(a: &dyn Fixture, fres
     assert!(matches!(e, StoreError::Corrupt(ref m) if m.contains("audit entry 4 follows entry 2")), "{e}");
     let empty = seen(&target, &fill);
     assert_eq!(
-        (empty.kek, empty.keys.len(), empty.audit.len(), empty.batches.iter().flatten().count(), empty.queued),
+        (
+            empty.kek,
+            empty.keys.len(),
+            empty.audit.len(),
+            empty.batches.iter().flatten().count(),
+            empty.queued
+        ),
         (None, 0, 0, 0, 0),
         "a refused import wrote nothing"
     );

@@ -12,8 +12,8 @@ use crate::store::copy::{BatchItem, Checker, Item, Items, Tally};
 use crate::store::idempotency::Entry;
 use crate::store::seal::Purpose;
 
-/// Rows read, or written, per statement.
-const PAGE: i64 = 500;
+/// Rows read, or written, per statement (the unit tests use a few, to cross page ends).
+const PAGE: i64 = if cfg!(test) { 7 } else { 500 };
 
 /// What the export reads next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,8 @@ enum Phase {
 struct Export {
     client: Option<PooledClient>,
     phase: Phase,
-    /// The last key read in this phase (seq, block; or a key hash).
+    /// The last key read in this phase (seq, block; or a key hash); -1 before the first (sled
+    /// numbers batches from 0).
     after: (i64, i32),
     after_key: Vec<u8>,
     page: VecDeque<Item>,
@@ -156,7 +157,7 @@ impl Export {
             // A phase ends with a short page; the next one starts from the beginning.
             if self.phase == Phase::Meta || rows < PAGE as usize {
                 self.phase = next;
-                self.after = (0, -1);
+                self.after = (-1, -1);
                 self.after_key.clear();
             }
         }
@@ -211,7 +212,7 @@ impl PgStore {
             Ok(client) => Box::new(Export {
                 client: Some(client),
                 phase: Phase::Meta,
-                after: (0, -1),
+                after: (-1, -1),
                 after_key: Vec::new(),
                 page: VecDeque::new(),
             }),

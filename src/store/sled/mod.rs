@@ -97,7 +97,7 @@ mod queue;
 mod results;
 mod shred;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
