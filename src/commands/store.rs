@@ -127,7 +127,7 @@ fn copy(from_path: &Path, to_path: &Path) -> Result<ExitCode> {
         "{}",
         serde_json::json!({
             "ok": true,
-            "from": source.store.location(),
+            "from": source.location,
             "to": target.location(),
             "entries_copied": tally.entries,
             "head": { "seq": target_head.0, "hash": hex::encode(target_head.1) },
@@ -146,7 +146,7 @@ fn copy(from_path: &Path, to_path: &Path) -> Result<ExitCode> {
         tally.records_done,
         tally.keys,
         tally.cscas,
-        source.store.location(),
+        source.location,
         target.location(),
         to_path.display()
     );
@@ -158,6 +158,8 @@ fn copy(from_path: &Path, to_path: &Path) -> Result<ExitCode> {
 /// store closes before its scratch copy goes, and the lock is let go last.
 struct Source {
     store: Store,
+    /// Where it is, for messages (the original directory, not the private copy).
+    location: String,
     /// sled: the private copy the store was opened on, removed afterwards.
     _scratch: Option<Scratch>,
     /// sled: the lock on the original directory, held until the copy is done.
@@ -170,7 +172,8 @@ impl Source {
         if config.store.backend == StoreBackend::Postgres {
             let store = Store::open_configured(&config.store, &config.state_dir, options, false)
                 .map_err(store_error)?;
-            return Ok(Self { store, _scratch: None, _lock: None });
+            let location = store.location();
+            return Ok(Self { store, location, _scratch: None, _lock: None });
         }
         let dir = config.state_dir.join("store");
         if !dir.join("conf").exists() {
@@ -195,7 +198,7 @@ impl Source {
         let scratch = Scratch(scratch_parent.join(format!(".store-copy-source-{}", std::process::id())));
         copy_dir(&dir, &scratch.0)?;
         let store = Store::open(&scratch.0, options).map_err(store_error)?;
-        Ok(Self { store, _scratch: Some(scratch), _lock: Some(lock) })
+        Ok(Self { store, location: dir.display().to_string(), _scratch: Some(scratch), _lock: Some(lock) })
     }
 }
 
