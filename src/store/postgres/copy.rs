@@ -176,7 +176,11 @@ impl Iterator for Export {
         if self.page.is_empty()
             && let Err(e) = self.fill()
         {
-            let error = self.client.take().map(|mut c| c.fail(&e));
+            // The snapshot's transaction failed: its connection does not go back to the pool.
+            let error = self.client.take().map(|mut c| {
+                c.discard();
+                c.fail(&e)
+            });
             self.phase = Phase::Done;
             self.page.clear();
             return error.map(|e| Err(store_error(e)));
@@ -224,18 +228,18 @@ impl PgStore {
     /// (see [`crate::store::Backend::import`]); never retried (the items are read once).
     pub fn import(&self, items: Items) -> Result<Tally, StoreError> {
         let mut client = self.inner.pool.get().map_err(store_error)?;
-        let result = import(&mut client, items);
-        if let Err(Failure::Db(e)) = &result {
-            return Err(store_error(client.fail(e)));
+        match import(&mut client, items) {
+            Ok(tally) => {
+                self.queue_changed();
+                Ok(tally)
+            }
+            Err(Failure::Store(e)) => Err(e),
+            Err(Failure::Db(e)) => Err(store_error(client.fail(&e))),
         }
-        self.queue_changed();
-        result.map_err(|e| match e {
-            Failure::Store(e) => e,
-            Failure::Db(_) => unreachable!("returned above"),
-        })
     }
 }
 
+/// Why the import's transaction ended (rolled back when dropped).
 enum Failure {
     Db(postgres::Error),
     Store(StoreError),
