@@ -206,3 +206,85 @@ impl Checker {
         last.and_then(|s| s.get(..32)).and_then(|h| h.try_into().ok()).unwrap_or(crate::audit::GENESIS)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64, total: u32, signed: u32) -> Item {
+        Item::Batch(BatchItem {
+            seq,
+            id: [seq as u8; 16],
+            issuer: "i".into(),
+            idempotency: None,
+            created_at: 1,
+            total,
+            signed,
+            rejected: 0,
+            data_key: vec![1, 2, 3],
+        })
+    }
+
+    fn block(seq: u64, first: u32) -> Item {
+        Item::Block { seq, first, purpose: Purpose::Pending, sealed: vec![0; 40] }
+    }
+
+    fn audit(seq: u64) -> Item {
+        Item::Audit { seq, stored: vec![seq as u8; 40], checkpoint: false }
+    }
+
+    /// Feeds `items` to a checker; the first refusal's message, if any.
+    fn first_refusal(items: &[Item]) -> Option<String> {
+        let mut c = Checker::default();
+        items.iter().find_map(|i| c.check(i).err().map(|e| e.to_string()))
+    }
+
+    #[test]
+    fn a_whole_store_in_order_is_counted() {
+        let items = [
+            Item::Kek("kek".into()),
+            Item::Key { label: "dsc".into(), record: b"{}".to_vec() },
+            batch(0, 20, 4),
+            batch(5, 3, 3),
+            block(0, 0),
+            block(0, 16),
+            Item::Idempotency { key: [1; 32], entry: Entry::Live { seq: 5, request: [2; 32] } },
+            Item::Idempotency { key: [3; 32], entry: Entry::Tombstone { batch_id: [4; 16], deleted_at: 9 } },
+            audit(1),
+            audit(2),
+        ];
+        let mut c = Checker::default();
+        for i in &items {
+            c.check(i).unwrap();
+        }
+        let t = c.tally;
+        assert_eq!((t.batches, t.records_pending, t.records_done, t.blocks), (2, 16, 7, 2));
+        assert_eq!((t.keys, t.idempotency_keys, t.tombstones, t.entries, t.head_seq), (1, 1, 1, 2, 2));
+        assert_eq!(Checker::head_hash(Some(&[2; 40])), [2; 32]);
+        assert_eq!(Checker::head_hash(None), crate::audit::GENESIS);
+    }
+
+    #[test]
+    fn a_stream_out_of_order_or_inconsistent_is_refused() {
+        let cases: [(&[Item], &str); 8] = [
+            (&[Item::Kek("a".into()), Item::Kek("b".into())], "a second KEK pin"),
+            (&[block(3, 0)], "a block of batch 3, which is not there"),
+            (&[batch(3, 10, 0), block(3, 16)], "block 16 of batch 3 is outside it"),
+            (&[batch(3, 40, 0), block(3, 5)], "block 5 of batch 3 is outside it"),
+            (&[batch(3, 10, 0), batch(2, 10, 0)], "batch 2 out of queue order"),
+            (&[batch(3, 10, 11)], "batch 3 has inconsistent counts"),
+            (
+                &[Item::Idempotency { key: [1; 32], entry: Entry::Live { seq: 7, request: [0; 32] } }],
+                "an idempotency key of batch 7, which is not there",
+            ),
+            (&[audit(1), audit(3)], "audit entry 3 follows entry 1"),
+        ];
+        for (items, why) in cases {
+            let refusal = first_refusal(items).unwrap_or_else(|| panic!("{why}: accepted"));
+            assert!(refusal.contains(why), "{why}: {refusal}");
+        }
+        assert!(first_refusal(&[audit(2)]).is_some(), "a chain starts at 1");
+        let short = Item::Audit { seq: 1, stored: vec![0; 31], checkpoint: false };
+        assert!(first_refusal(&[short]).unwrap().contains("truncated"));
+    }
+}
