@@ -242,6 +242,7 @@ async fn store_copy_refuses_and_leaves_the_target_empty() {
     let empty = |what: &str| {
         assert_eq!(audit_entries(&pg_config, &audit_key), 0, "{what}: the target stayed empty");
         assert!(!pg_pem.exists(), "{what}: nothing written for the nodes");
+        assert!(!pg_pem.parent().unwrap().exists(), "{what}: not even its state directory");
     };
     let refused = |from: &Path, to: &Path, expect: &str| {
         let (copied, _, stderr) = store_copy(from, to);

@@ -194,23 +194,34 @@ impl Source {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::file(&lock_path)(e)),
         }
+        // A state directory made only for the scratch copy goes with it if the copy is refused.
+        let made = (!scratch_parent.exists()).then(|| scratch_parent.to_path_buf());
         std::fs::create_dir_all(scratch_parent).map_err(Error::file(scratch_parent))?;
-        let scratch = Scratch(scratch_parent.join(format!(".store-copy-source-{}", std::process::id())));
-        copy_dir(&dir, &scratch.0)?;
-        let store = Store::open(&scratch.0, options).map_err(store_error)?;
+        let scratch =
+            Scratch { dir: scratch_parent.join(format!(".store-copy-source-{}", std::process::id())), made };
+        copy_dir(&dir, &scratch.dir)?;
+        let store = Store::open(&scratch.dir, options).map_err(store_error)?;
         Ok(Self { store, location: dir.display().to_string(), _scratch: Some(scratch), _lock: Some(lock) })
     }
 }
 
 /// A private copy of a sled directory, removed when dropped.
-struct Scratch(PathBuf);
+struct Scratch {
+    dir: PathBuf,
+    /// The directory made to hold it, removed too if nothing else was written there.
+    made: Option<PathBuf>,
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            eprintln!("store copy: could not remove the scratch copy {}: {e}", self.0.display());
+            eprintln!("store copy: could not remove the scratch copy {}: {e}", self.dir.display());
+        }
+        if let Some(made) = &self.made {
+            // Fails, as it should, once the copy wrote the audit key (or a sled store) there.
+            let _ = std::fs::remove_dir(made);
         }
     }
 }
