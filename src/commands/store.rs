@@ -108,7 +108,10 @@ fn copy(from_path: &Path, to_path: &Path) -> Result<ExitCode> {
 
     let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
     let target = Store::open_configured(&to.store, &to.state_dir, options, false).map_err(store_error)?;
-    let tally = target.import(source.store.export()).map_err(|e| refused(&e.to_string()))?;
+    let tally = target.import(source.store.export()).map_err(|e| match e {
+        crate::store::StoreError::NotEmpty(_) => refused(&e.to_string()),
+        e => store_error(e),
+    })?;
     let after = verify(&target, &audit_key)
         .map_err(|e| Error::Config(format!("store copy: the copied audit chain does not verify: {e}")))?;
     let target_head = target.audit_head().map_err(store_error)?;
