@@ -9,6 +9,7 @@ pub mod dev_init;
 pub mod keys;
 pub mod qr;
 pub mod serve;
+pub mod store;
 pub mod verify;
 
 /// The subcommands.
@@ -26,6 +27,8 @@ pub enum Command {
     Keys(keys::Args),
     /// Check the audit log; export revocation entries.
     Audit(audit::Args),
+    /// Operations on a whole store, offline: copy a stopped appliance's store into an empty one.
+    Store(store::Args),
 }
 
 /// Runs a subcommand; the exit code says whether it succeeded in its own terms.
@@ -37,6 +40,7 @@ pub fn run(command: Command) -> crate::Result<ExitCode> {
         Command::Qr(args) => qr::run(args),
         Command::Keys(args) => keys::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Store(args) => store::run(args),
     }
 }
 

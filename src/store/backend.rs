@@ -177,6 +177,20 @@ pub trait Backend: Send + Sync {
     /// Data keys made ahead and waiting.
     fn stocked_data_keys(&self) -> usize;
 
+    // Moving a store ([`super::copy`]).
+
+    /// Everything the store holds, as items in [`super::copy::Item`]'s order, read lazily:
+    /// wrapped data keys, sealed blocks and audit entries as stored, never opened. Meant for a
+    /// store no daemon is using (what it reads while one writes may not be one moment's state).
+    fn export(&self) -> super::copy::Items;
+
+    /// Writes `items` (another store's [`Backend::export`]) into this store, which must be
+    /// empty — no batch, key, CSCA, idempotency key, audit entry or KEK pin, else
+    /// [`StoreError::NotEmpty`] — at once: in one transaction, so a failure or a refusal leaves
+    /// it empty. The audit chain keeps its sequence numbers and bytes; batches keep their queue
+    /// order (their internal numbers may change). Returns what was written.
+    fn import(&self, items: super::copy::Items) -> Result<super::copy::Tally, StoreError>;
+
     // The cluster.
 
     /// Calls `on_change` for what other handles change from now on, and for every kind of

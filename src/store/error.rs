@@ -100,6 +100,11 @@ pub enum StoreError {
     /// The database refused a statement for a reason that is not an outage.
     #[error("the store's database refused the operation: {0}")]
     Database(String),
+    /// An import's target already holds data (what is named): nothing was written.
+    #[error(
+        "the target store is not empty (it holds {0}): a copy goes only into an empty store (a new PostgreSQL database, or a new sled directory); nothing was written"
+    )]
+    NotEmpty(String),
     /// The caller passed something the store cannot represent (the API validates first).
     #[error("cannot store this: {0}")]
     Invalid(&'static str),

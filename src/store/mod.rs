@@ -28,6 +28,7 @@ mod batch;
 mod block;
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod copy;
 mod data_keys;
 mod error;
 pub mod idempotency;

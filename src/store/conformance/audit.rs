@@ -32,7 +32,7 @@ fn key_event(label: &str) -> Event {
 }
 
 /// A checkpoint over the end of the chain, signed as the daemon signs it.
-fn checkpoint(store: &Store) -> u64 {
+pub(super) fn checkpoint(store: &Store) -> u64 {
     store
         .audit_append_at_head(|last, head, _| {
             let sig: Signature = audit_key().sign(&audit::checkpoint_message(last, head));
@@ -47,7 +47,7 @@ fn checkpoint(store: &Store) -> u64 {
 }
 
 /// The whole log through `crate::audit::verify_chain`, which must accept it.
-fn verify(store: &Store) -> Summary {
+pub(super) fn verify(store: &Store) -> Summary {
     let entries = store.audit_entries(audit::FIRST_SEQ).map(|e| {
         e.map_err(|e| audit::BadEntry { seq: 0, reason: format!("the store could not read it: {e}") })
     });

@@ -30,6 +30,10 @@ enum Fault {
     IgnoresCompareAndSet,
     /// `pin_kek` accepts any label.
     RepinsTheKek,
+    /// `import` leaves out the tombstones of idempotency keys.
+    ImportDropsTombstones,
+    /// `export` marks no audit entry as a checkpoint.
+    ExportForgetsCheckpoints,
 }
 
 /// A backend that keeps every promise of `inner` but `fault`.
@@ -72,6 +76,15 @@ pub fn the_suite_catches_broken_backends(base: &dyn Fn() -> Box<dyn Fixture>) {
         let fixture = base();
         let faulty = FaultyFixture { base: fixture.as_ref(), fault };
         if catch_unwind(AssertUnwindSafe(|| test(&faulty))).is_ok() {
+            unnoticed.push(fault);
+        }
+    }
+    // A copy's round trip through a faulty store in the middle (imported into, exported from).
+    for fault in [Fault::ImportDropsTombstones, Fault::ExportForgetsCheckpoints] {
+        let (a, b, c) = (base(), base(), base());
+        let faulty = FaultyFixture { base: b.as_ref(), fault };
+        let round_trip = || super::copy::round_trip_keeps_everything(a.as_ref(), &faulty, c.as_ref());
+        if catch_unwind(AssertUnwindSafe(round_trip)).is_ok() {
             unnoticed.push(fault);
         }
     }
@@ -248,6 +261,29 @@ impl Backend for Faulty {
 
     fn check(&self) -> Result<(), StoreError> {
         self.inner.check()
+    }
+
+    fn export(&self) -> crate::store::copy::Items {
+        use crate::store::copy::Item;
+        let items = self.inner.export();
+        if self.fault != Fault::ExportForgetsCheckpoints {
+            return items;
+        }
+        Box::new(items.map(|i| match i {
+            Ok(Item::Audit { seq, stored, .. }) => Ok(Item::Audit { seq, stored, checkpoint: false }),
+            other => other,
+        }))
+    }
+
+    fn import(&self, items: crate::store::copy::Items) -> Result<crate::store::copy::Tally, StoreError> {
+        use crate::store::copy::Item;
+        use crate::store::idempotency::Entry;
+        if self.fault != Fault::ImportDropsTombstones {
+            return self.inner.import(items);
+        }
+        self.inner.import(Box::new(
+            items.filter(|i| !matches!(i, Ok(Item::Idempotency { entry: Entry::Tombstone { .. }, .. }))),
+        ))
     }
 
     fn check_free_space(&self) -> Result<(), StoreError> {

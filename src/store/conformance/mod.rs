@@ -15,12 +15,14 @@
 //! node), so the two-node tests run too. The areas are in files of
 //! their own: the lifecycle ([`lifecycle`]), exactly one result per record ([`exactly_once`]),
 //! idempotency keys ([`idempotency`]), retention ([`retention`]), the audit chain ([`audit`]),
-//! key records and CSCAs ([`keys`]), the KEK pin and the data-key stock ([`kek`]). What only one
+//! key records and CSCAs ([`keys`]), the KEK pin and the data-key stock ([`kek`]), moving a
+//! whole store into another, empty one ([`copy`]: two or three fixtures per test). What only one
 //! backend can show (sled's trees and files, a `kill -9` of a child process, PostgreSQL's
 //! failover) stays in that backend's own tests. [`faults`] holds the suite itself to account:
 //! each promise broken on purpose must fail its test.
 
 pub mod audit;
+pub mod copy;
 pub mod exactly_once;
 pub mod faults;
 pub mod idempotency;
@@ -120,6 +122,23 @@ macro_rules! suite {
                 stopping_the_stock_waits_for_the_wrap_in_flight_and_starts_no_other,
             ],
         );
+        mod copy {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn round_trip_keeps_everything() {
+                $crate::store::conformance::copy::round_trip_keeps_everything(&$fixture, &$fixture, &$fixture);
+            }
+
+            #[test]
+            fn an_import_into_a_store_that_is_not_empty_is_refused() {
+                $crate::store::conformance::copy::an_import_into_a_store_that_is_not_empty_is_refused(
+                    &$fixture,
+                    &|| Box::new($fixture),
+                );
+            }
+        }
     };
     (@areas $fixture:expr; $($area:ident: [$($name:ident),+ $(,)?]),+ $(,)?) => {
         $(

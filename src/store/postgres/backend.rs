@@ -162,6 +162,14 @@ impl Backend for PgStore {
         PgStore::watch(self, on_change);
     }
 
+    fn export(&self) -> crate::store::copy::Items {
+        PgStore::export(self)
+    }
+
+    fn import(&self, items: crate::store::copy::Items) -> Result<crate::store::copy::Tally, StoreError> {
+        PgStore::import(self, items)
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         PgStore::check(self)
     }

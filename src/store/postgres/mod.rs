@@ -20,6 +20,7 @@ mod audit;
 mod backend;
 mod batches;
 pub mod connect;
+mod copy;
 mod error;
 mod keys;
 pub mod listen;

@@ -158,6 +158,14 @@ impl Backend for SledStore {
         SledStore::stocked_data_keys(self)
     }
 
+    fn export(&self) -> crate::store::copy::Items {
+        SledStore::export(self)
+    }
+
+    fn import(&self, items: crate::store::copy::Items) -> Result<crate::store::copy::Tally, StoreError> {
+        SledStore::import(self, items)
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         SledStore::check(self)
     }

@@ -7,7 +7,7 @@ use sled::Transactional;
 use super::{SledStore, StoreError};
 
 /// Key prefix of a CSCA addition waiting for a second officer (a fingerprint is hex: no clash).
-const CSCA_PENDING: &[u8] = b"pending:";
+pub(super) const CSCA_PENDING: &[u8] = b"pending:";
 use crate::audit::Event;
 
 impl SledStore {

@@ -90,13 +90,14 @@
 mod audit;
 mod backend;
 mod batches;
+mod copy;
 mod keys;
 pub(crate) mod layout;
 mod queue;
 mod results;
 mod shred;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -130,7 +131,7 @@ pub const SEGMENT_SIZE: usize = 16 << 20;
 /// sled's record of the parameters a store was created with.
 const SLED_CONF_FILE: &str = "conf";
 /// Our own lock file, taken before sled's, for a clear "in use" error.
-const LOCK_FILE: &str = "store.lock";
+pub const LOCK_FILE: &str = "store.lock";
 /// sled 0.34's log file in its directory.
 const SLED_FILE: &str = "db";
 

@@ -17,7 +17,7 @@ use super::*;
 use crate::store::conformance::kit::{self, parsed_results, records, refs, result_for, sign_all, submit};
 use crate::store::{CommitStats, NewRecord, Outcome, RecordResult, WorkItem};
 
-mod conformance;
+pub(crate) mod conformance;
 mod crash;
 mod damage;
 mod idempotency_keys;

@@ -8,7 +8,7 @@ use crate::store::conformance::Fixture;
 use crate::store::{Store, seal::KeyWrap};
 
 /// A sled store in a temporary directory of its own.
-struct SledFixture {
+pub(crate) struct SledFixture {
     dir: tempfile::TempDir,
     /// The handle opened last, for the invariant checker (weak: a closed store must not stay
     /// open through it, sled allows one handle per directory).
@@ -16,7 +16,8 @@ struct SledFixture {
 }
 
 impl SledFixture {
-    fn new() -> Self {
+    /// A store in a new temporary directory.
+    pub(crate) fn new() -> Self {
         Self { dir: tempfile::tempdir().expect("tempdir"), current: Mutex::new(Weak::new()) }
     }
 }
