@@ -121,6 +121,7 @@ impl PgStore {
         loop {
             attempt += 1;
             let mut client = self.inner.pool.get().map_err(store_error)?;
+            let warnings = client.warnings();
             let outcome = (|| {
                 let mut tx = client.transaction()?;
                 let value = f(&mut tx)?;
@@ -129,12 +130,29 @@ impl PgStore {
                 // standby has it, and a 202 would not survive the loss of the primary. Without a
                 // standby the commit waits as long as PostgreSQL makes it.
                 tx.batch_execute("SET LOCAL statement_timeout = 0")?;
+                warnings.take();
                 tx.commit()?;
+                // An administrator can still cancel that wait (pg_cancel_backend): the COMMIT
+                // then succeeds with a WARNING, committed on this server only. Not durable as
+                // promised, so not reported as done: the caller answers 503 and the client's
+                // retry (same Idempotency-Key) finds the batch, or submits it again if this
+                // server is lost.
+                let said = warnings.take();
+                if !said.is_empty() {
+                    return Err(TxError::Unconfirmed(said.join("; ")));
+                }
                 Ok(value)
             })();
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(TxError::Abort(e)) => return Err(e),
+                Err(TxError::Unconfirmed(said)) => {
+                    client.discard();
+                    return Err(StoreError::Unreachable(format!(
+                        "a COMMIT ended with a warning and may exist on {} only, not yet replicated: {said}",
+                        self.inner.pool.describe()
+                    )));
+                }
                 Err(TxError::Db(e)) => {
                     let retry = matches!(
                         e.code(),
@@ -274,6 +292,8 @@ impl PgStore {
 pub(super) enum TxError {
     Db(postgres::Error),
     Abort(StoreError),
+    /// The COMMIT returned with a WARNING (these): its durability is unknown, never retried.
+    Unconfirmed(String),
 }
 
 impl From<postgres::Error> for TxError {
