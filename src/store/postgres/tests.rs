@@ -253,6 +253,10 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
     cluster.kill9_primary().unwrap();
     let e = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err();
     assert!(e.is_unavailable(), "{e:?}");
+    // A new connection finds only the standby, read-only until promoted: a failover in
+    // progress (503, retried), not a refusal.
+    let e = super::connect::PgPool::new(cluster.settings(1).unwrap()).get().err().expect("no primary");
+    assert!(e.is_unavailable() && e.to_string().contains("does not allow writes"), "{e:?}");
     cluster.promote_standby().unwrap();
 
     // The same pool, no rebuild: it finds the new primary and writes there.
