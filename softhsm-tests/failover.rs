@@ -233,15 +233,29 @@ async fn client(d: &Daemon, first: &Daemon, name: &str) -> ApiClient {
     ApiClient::connect(d.listen, "localhost", &first.tls(name)).await.expect("connect")
 }
 
-/// A POST straight to the node while the database is away: 503 with Retry-After.
-async fn post_refused(d: &Daemon, first: &Daemon, which: &str) {
-    let mut c = client(d, first, "issuer2").await;
-    let r = c.post("/v1/batches", &json!({"records": records("refused", 2)})).await.expect("an answer");
-    let text = String::from_utf8_lossy(&r.body);
-    assert_eq!(r.status, 503, "{which}: {text}");
-    assert!(text.contains("store_unavailable"), "{which}: {text}");
-    let after = r.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    assert!(after.is_some_and(|s| s > 0), "{which}: no Retry-After");
+/// What the node answers an issuer while the database is away: 503 `store_unavailable` with
+/// Retry-After for a new batch, a synchronous signing (no signature leaves without its audit
+/// entry) and the status and results of an accepted batch (`batch_id`, issuer's own).
+async fn outage_answers(d: &Daemon, first: &Daemon, batch_id: &str, which: &str) {
+    let mut c = client(d, first, "issuer").await;
+    for (post, path) in [
+        (true, "/v1/batches".to_owned()),
+        (true, "/v1/sign".to_owned()),
+        (false, format!("/v1/batches/{batch_id}")),
+        (false, format!("/v1/batches/{batch_id}/results")),
+    ] {
+        let r = if post {
+            c.post(&path, &json!({"records": records("refused", 2)})).await
+        } else {
+            c.get(&path).await
+        }
+        .expect("an answer");
+        let text = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, 503, "{which} {path}: {text}");
+        assert!(text.contains("store_unavailable"), "{which} {path}: {text}");
+        let after = r.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        assert!(after.is_some_and(|s| s > 0), "{which} {path}: no Retry-After");
+    }
 }
 
 /// Signatures the node released so far (`hcert_signatures_total`, all kids).
@@ -317,7 +331,7 @@ async fn the_primary_killed_under_load_fails_over_to_the_standby_and_every_accep
     for (d, which) in [(&n1, "node 1"), (&n2, "node 2")] {
         let reason = wait_red(d, which).await;
         println!("{which} not ready: {reason}");
-        post_refused(d, &n1, which).await;
+        outage_answers(d, &n1, &last, which).await;
     }
     on_cluster(&cluster, "promote the standby", ScratchCluster::promote_standby).await;
     // The same processes: no restart.
@@ -348,13 +362,18 @@ async fn a_stopped_database_pauses_the_cluster_and_it_resumes_by_itself_when_sta
     let (mut n1, mut n2) = two_nodes(&cluster);
     let load = Load::start([&n1, &n2]);
     load.until_accepted(6).await;
+    let mut c = n1.client("issuer").await;
+    let last = load.seen.lock().unwrap().accepted.last().unwrap().batch_id.clone();
+    let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
     on_cluster(&cluster, "stop PostgreSQL", ScratchCluster::stop).await;
     let accepted_before_stop = load.accepted();
+    println!("PostgreSQL stopped with {accepted_before_stop} batches accepted; the last one then: {before}");
+    assert_ne!(before["state"], "done", "the load did not outpace signing: nothing was in flight");
 
     for (d, which) in [(&n1, "node 1"), (&n2, "node 2")] {
         let reason = wait_red(d, which).await;
         println!("{which} not ready: {reason}");
-        post_refused(d, &n1, which).await;
+        outage_answers(d, &n1, &last, which).await;
     }
     // Signing paused: nothing is released while no result can be stored.
     let paused = [signatures_metric(&n1).await, signatures_metric(&n2).await];
