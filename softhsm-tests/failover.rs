@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 
 /// Records per batch the load submits.
 const BATCH: usize = 300;
+/// Records of the one large batch in flight at an outage.
+const BACKLOG: usize = 3_000;
 /// How long any one phase may take before the test gives up (2 cores, shared).
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -116,6 +118,25 @@ impl Load {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Submits one large batch through `d` (the cluster's client PKI in `first`) beside the
+    /// issuers, so that work is surely in flight at the moment of an outage; returns its id.
+    async fn backlog(&self, d: &Daemon, first: &Daemon) -> String {
+        let recs = records("backlog-r", BACKLOG);
+        let refs: Vec<String> = recs.iter().map(|r| r["ref"].as_str().unwrap().to_owned()).collect();
+        let mut c = client(d, first, "issuer").await;
+        let r = c.post("/v1/batches", &json!({"records": recs, "idempotency_key": "backlog"})).await.unwrap();
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let batch_id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
+        let node = usize::from(d.listen != first.listen);
+        self.seen.lock().unwrap().accepted.push(Accepted {
+            batch_id: batch_id.clone(),
+            refs,
+            node,
+            after_retry: false,
+        });
+        batch_id
     }
 
     /// Stops the issuers (each finishes the batch it is submitting) and returns what they saw.
@@ -285,7 +306,7 @@ async fn check_exactly_once(nodes: [&Daemon; 2], accepted: &[Accepted]) -> usize
         let status = wait_done(c, &a.batch_id, DEADLINE).await;
         assert_eq!(
             (status["total"].as_u64(), status["signed"].as_u64()),
-            (Some(BATCH as u64), Some(BATCH as u64)),
+            (Some(a.refs.len() as u64), Some(a.refs.len() as u64)),
             "{status}"
         );
         let r = c.get(&format!("/v1/batches/{}/results", a.batch_id)).await.unwrap();
@@ -318,9 +339,9 @@ async fn the_primary_killed_under_load_fails_over_to_the_standby_and_every_accep
     let load = Load::start([&n1, &n2]);
     load.until_accepted(6).await;
 
-    // Work in flight when the primary dies: accepted and not yet signed.
+    // Work in flight when the primary dies: a large batch accepted and not yet signed.
+    let last = load.backlog(&n2, &n1).await;
     let mut c = n1.client("issuer").await;
-    let last = load.seen.lock().unwrap().accepted.last().unwrap().batch_id.clone();
     let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
     let accepted_before_kill = load.accepted();
     on_cluster(&cluster, "kill -9 the primary", ScratchCluster::kill9_primary).await;
@@ -348,7 +369,7 @@ async fn the_primary_killed_under_load_fails_over_to_the_standby_and_every_accep
     );
 
     let signed = check_exactly_once([&n1, &n2], &seen.accepted).await;
-    assert_eq!(signed, seen.accepted.len() * BATCH);
+    assert_eq!(signed, seen.accepted.iter().map(|a| a.refs.len()).sum::<usize>());
     for (d, which) in [(&mut n1, "node 1"), (&mut n2, "node 2")] {
         assert_eq!(d.terminate(), Some(0), "{which}: {}", d.log_text());
     }
@@ -362,8 +383,8 @@ async fn a_stopped_database_pauses_the_cluster_and_it_resumes_by_itself_when_sta
     let (mut n1, mut n2) = two_nodes(&cluster);
     let load = Load::start([&n1, &n2]);
     load.until_accepted(6).await;
+    let last = load.backlog(&n2, &n1).await;
     let mut c = n1.client("issuer").await;
-    let last = load.seen.lock().unwrap().accepted.last().unwrap().batch_id.clone();
     let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
     on_cluster(&cluster, "stop PostgreSQL", ScratchCluster::stop).await;
     let accepted_before_stop = load.accepted();
@@ -394,7 +415,7 @@ async fn a_stopped_database_pauses_the_cluster_and_it_resumes_by_itself_when_sta
     println!("{} batches accepted, {} answers 503 with Retry-After", seen.accepted.len(), seen.unavailable);
 
     let signed = check_exactly_once([&n1, &n2], &seen.accepted).await;
-    assert_eq!(signed, seen.accepted.len() * BATCH);
+    assert_eq!(signed, seen.accepted.iter().map(|a| a.refs.len()).sum::<usize>());
     for (d, which) in [(&mut n1, "node 1"), (&mut n2, "node 2")] {
         assert_eq!(d.terminate(), Some(0), "{which}: {}", d.log_text());
     }
