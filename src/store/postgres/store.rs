@@ -18,6 +18,8 @@ use crate::store::{KEY_CACHE, KEY_STOCK, StoreError, StoreOptions};
 /// How long a claimed block stays leased to its node before another may take it over: far
 /// longer than signing a chunk takes, short enough that a dead node's work resumes soon.
 pub(super) const LEASE: Duration = Duration::from_secs(30);
+/// A COMMIT waiting this long for the synchronous standby makes readiness red.
+pub(super) const SYNC_STALL: Duration = Duration::from_secs(5);
 /// How long the cluster-wide queue count may be reused before it is read again.
 const QUEUED_TTL: Duration = Duration::from_millis(500);
 /// Attempts of a transaction that met a serialisation failure or a deadlock.
@@ -283,6 +285,23 @@ impl PgStore {
             return Err(StoreError::Unreachable(
                 "connected to a read-only standby; waiting for a primary".into(),
             ));
+        }
+        // A primary whose synchronous standby is gone accepts connections and queries but no
+        // COMMIT returns: nothing can be accepted or signed, though every check above passes.
+        // The store's sessions (one role for the cluster, so this sees every node's) tell.
+        let stalled: i64 = self.read(|c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event = 'SyncRep' AND now() - query_start > make_interval(secs => $1)",
+                &[&SYNC_STALL.as_secs_f64()],
+            )
+            .map(|r| r.get(0))
+        })?;
+        if stalled > 0 {
+            return Err(StoreError::Unreachable(format!(
+                "{stalled} commit(s) have waited over {} s for the synchronous standby                  (synchronous_standby_names): it is down or far behind; writes resume when it is back",
+                SYNC_STALL.as_secs()
+            )));
         }
         Ok(())
     }

@@ -537,6 +537,7 @@ fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_reported_durable() {
     // Replicated as promised while the standby is there.
     let first = store.submit("iss", Some("k-before"), &kit::records(&refs), 1_000).expect("submit");
     assert!(first.created);
+    store.check().expect("ready");
 
     // The standby goes away: a COMMIT now waits for it, until an administrator cancels the wait.
     cluster.stop_standby().unwrap();
@@ -544,6 +545,16 @@ fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_reported_durable() {
         let (store, refs) = (store.clone(), refs.clone());
         std::thread::spawn(move || store.submit("iss", Some("k-during"), &kit::records(&refs), 1_000))
     };
+    // Readiness goes red once a COMMIT has waited a while: nothing can be written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stalled = loop {
+        match store.check() {
+            Err(e) => break e,
+            Ok(()) => assert!(Instant::now() < deadline, "readiness stayed green with no standby"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(stalled.is_unavailable() && stalled.to_string().contains("synchronous standby"), "{stalled}");
     // The same role may cancel its own sessions' statements: no superuser needed.
     let admin = pool(&cluster);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -575,4 +586,5 @@ fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_reported_durable() {
     let retry = store.submit("iss", Some("k-during"), &kit::records(&refs), 1_001).expect("the retry");
     assert!(!retry.created && retry.batch_id != first.batch_id, "{retry:?}");
     assert_eq!(retry.total, 3);
+    store.check().expect("ready again: no commit waits");
 }
