@@ -446,3 +446,46 @@ async fn a_daemon_started_while_the_database_is_down_waits_and_becomes_ready_whe
     let id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
     assert_eq!(wait_done(&mut c, &id, DEADLINE).await["signed"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_synchronous_standby_stalls_writes_and_all_resumes_when_it_is_back() {
+    let cluster = scratch(true);
+    let (mut n1, mut n2) = two_nodes(&cluster);
+    let load = Load::start([&n1, &n2]);
+    load.until_accepted(4).await;
+    let last = load.backlog(&n2, &n1).await;
+    let mut c = n1.client("issuer").await;
+    let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
+    // The primary stays up, but no COMMIT returns until the standby has it.
+    on_cluster(&cluster, "stop the standby", ScratchCluster::stop_standby).await;
+    println!("standby stopped; the last batch then: {before}");
+    assert_ne!(before["state"], "done", "the load did not outpace signing: nothing was in flight");
+
+    // Readiness red (a load balancer stops sending work), naming the database.
+    for (d, which) in [(&n1, "node 1"), (&n2, "node 2")] {
+        println!("{which} not ready: {}", wait_red(d, which).await);
+    }
+    let accepted = load.accepted();
+    let paused = [signatures_metric(&n1).await, signatures_metric(&n2).await];
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        [signatures_metric(&n1).await, signatures_metric(&n2).await],
+        paused,
+        "released a signature the standby may not have"
+    );
+    assert_eq!(load.accepted(), accepted, "a 202 for a batch the standby may not have");
+
+    on_cluster(&cluster, "start the standby again", ScratchCluster::start_standby_again).await;
+    wait_green(&n1, "node 1").await;
+    wait_green(&n2, "node 2").await;
+    load.until_accepted(accepted + 4).await;
+    let seen = load.stop().await;
+    println!("{} batches accepted, {} answers 503 with Retry-After", seen.accepted.len(), seen.unavailable);
+
+    let signed = check_exactly_once([&n1, &n2], &seen.accepted).await;
+    assert_eq!(signed, seen.accepted.iter().map(|a| a.refs.len()).sum::<usize>());
+    for (d, which) in [(&mut n1, "node 1"), (&mut n2, "node 2")] {
+        assert_eq!(d.terminate(), Some(0), "{which}: {}", d.log_text());
+    }
+    assert_eq!(n1.audited_signatures(), signed as u64);
+}

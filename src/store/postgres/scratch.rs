@@ -226,6 +226,17 @@ impl ScratchCluster {
         run(&mut c, "pg_ctl stop (standby)").map(drop)
     }
 
+    /// Starts the standby again after [`stop_standby`](Self::stop_standby); it catches up
+    /// and the commits waiting for it return.
+    pub fn start_standby_again(&self) -> Result<(), ScratchError> {
+        match &self.standby {
+            Some(standby) => self.pg_ctl_start(standby),
+            None => {
+                Err(failed("start_standby_again", "this cluster has no standby (use start_with_standby)"))
+            }
+        }
+    }
+
     /// Settings for a pool on this cluster ([`url`](Self::url) and
     /// [`password_file`](Self::password_file), no TLS).
     pub fn settings(&self, pool_size: usize) -> Result<PgSettings, PgError> {

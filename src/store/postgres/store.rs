@@ -299,7 +299,7 @@ impl PgStore {
         })?;
         if stalled > 0 {
             return Err(StoreError::Unreachable(format!(
-                "{stalled} commit(s) have waited over {} s for the synchronous standby                  (synchronous_standby_names): it is down or far behind; writes resume when it is back",
+                "{stalled} commit(s) have waited over {} s for the synchronous standby (synchronous_standby_names): it is down or far behind; writes resume when it is back",
                 SYNC_STALL.as_secs()
             )));
         }
