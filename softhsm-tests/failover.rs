@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 /// Records per batch the load submits.
 const BATCH: usize = 300;
 /// Records of the one large batch in flight at an outage.
-const BACKLOG: usize = 3_000;
+const BACKLOG: usize = 10_000;
 /// How long any one phase may take before the test gives up (2 cores, shared).
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -123,10 +123,14 @@ impl Load {
     /// Submits one large batch through `d` (the cluster's client PKI in `first`) beside the
     /// issuers, so that work is surely in flight at the moment of an outage; returns its id.
     async fn backlog(&self, d: &Daemon, first: &Daemon) -> String {
-        let recs = records("backlog-r", BACKLOG);
+        let n = self.accepted();
+        let recs = records(&format!("backlog{n}r"), BACKLOG);
         let refs: Vec<String> = recs.iter().map(|r| r["ref"].as_str().unwrap().to_owned()).collect();
         let mut c = client(d, first, "issuer").await;
-        let r = c.post("/v1/batches", &json!({"records": recs, "idempotency_key": "backlog"})).await.unwrap();
+        let r = c
+            .post("/v1/batches", &json!({"records": recs, "idempotency_key": format!("backlog-{n}")}))
+            .await
+            .unwrap();
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         let batch_id = r.json().unwrap()["batch_id"].as_str().unwrap().to_owned();
         let node = usize::from(d.listen != first.listen);
@@ -378,7 +382,7 @@ async fn the_primary_killed_under_load_fails_over_to_the_standby_and_every_accep
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_database_pauses_the_cluster_and_it_resumes_by_itself_when_started_again() {
+async fn a_stopped_or_crashed_database_pauses_the_cluster_and_it_resumes_by_itself_when_started_again() {
     let cluster = scratch(false);
     let (mut n1, mut n2) = two_nodes(&cluster);
     let load = Load::start([&n1, &n2]);
@@ -410,6 +414,19 @@ async fn a_stopped_database_pauses_the_cluster_and_it_resumes_by_itself_when_sta
     wait_green(&n1, "node 1").await;
     wait_green(&n2, "node 2").await;
     load.until_accepted(accepted_before_stop + 4).await;
+
+    // The same after a crash of the database (SIGKILL; its start replays the WAL).
+    let last = load.backlog(&n1, &n1).await;
+    on_cluster(&cluster, "kill -9 PostgreSQL", ScratchCluster::kill9).await;
+    let accepted_before_crash = load.accepted();
+    for (d, which) in [(&n1, "node 1"), (&n2, "node 2")] {
+        println!("{which} not ready: {}", wait_red(d, which).await);
+        outage_answers(d, &n1, &last, which).await;
+    }
+    on_cluster(&cluster, "start PostgreSQL after the crash", ScratchCluster::start_again).await;
+    wait_green(&n1, "node 1").await;
+    wait_green(&n2, "node 2").await;
+    load.until_accepted(accepted_before_crash + 4).await;
     let seen = load.stop().await;
     assert!(seen.unavailable > 0, "the issuers never met the outage");
     println!("{} batches accepted, {} answers 503 with Retry-After", seen.accepted.len(), seen.unavailable);
