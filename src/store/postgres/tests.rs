@@ -582,8 +582,21 @@ fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_reported_durable() {
     assert!(text.contains("may exist on") && text.contains("synchronous replication"), "{text}");
 
     // It did commit here (which is why PostgreSQL only warned): the client's retry with the same
-    // idempotency key finds that batch instead of signing it twice.
-    let retry = store.submit("iss", Some("k-during"), &kit::records(&refs), 1_001).expect("the retry");
+    // idempotency key finds that batch instead of signing it twice, but answers only once the
+    // standby has it too — a 202 promises that.
+    let retrying = {
+        let (store, refs) = (store.clone(), refs.clone());
+        std::thread::spawn(move || store.submit("iss", Some("k-during"), &kit::records(&refs), 1_001))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.check().is_ok() {
+        assert!(!retrying.is_finished(), "a replay answered before the standby had the batch");
+        assert!(Instant::now() < deadline, "the replay is not waiting for the standby");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!retrying.is_finished(), "a replay answered before the standby had the batch");
+    cluster.start_standby_again().unwrap();
+    let retry = retrying.join().unwrap().expect("the retry");
     assert!(!retry.created && retry.batch_id != first.batch_id, "{retry:?}");
     assert_eq!(retry.total, 3);
     store.check().expect("ready again: no commit waits");
