@@ -1,11 +1,13 @@
 //! Outages of the cluster's database are outages, never loss (issue 19, Acceptance 4 and 5):
 //! two daemons on one PostgreSQL keep accepting and signing batches while the primary is
-//! killed with SIGKILL and its synchronous standby promoted, or the database is stopped and
-//! started again. Meanwhile every POST gets 503 with Retry-After (never 500), readiness is red
-//! naming the database and nothing is signed; afterwards the daemons carry on by themselves,
-//! with no restart, and every batch that got a 202 is signed exactly once: one result per
-//! record, every one verifying against the trust list, and `audit verify` counting exactly the
-//! signatures released.
+//! killed with SIGKILL and its synchronous standby promoted, the database is stopped and
+//! started again or crashes, or the synchronous standby is lost for a while. Meanwhile no POST
+//! is answered 202 or 500 (503 with Retry-After, or for a lost standby no answer until it is
+//! back), readiness is red naming the database and nothing is signed; afterwards the daemons
+//! carry on by themselves, with no restart, and every batch that got a 202 is signed exactly
+//! once: one result per record, every one verifying against the trust list, and `audit verify`
+//! counting exactly the signatures released. A daemon started while the database is down
+//! waits for it.
 
 mod daemon;
 
