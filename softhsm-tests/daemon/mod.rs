@@ -471,3 +471,50 @@ impl Daemon {
         report["summary"]["signatures"].as_u64().expect("signature count")
     }
 }
+
+impl Daemon {
+    /// dev-init in a fresh directory (not started yet) on `cluster`, a PostgreSQL cluster the
+    /// test started and keeps (to stop it, kill its primary, promote its standby).
+    pub fn init_on_cluster(cluster: &ScratchCluster) -> Daemon {
+        Daemon::dev_init_with(&[
+            "--postgres".as_ref(),
+            cluster.url().as_ref(),
+            "--postgres-password-file".as_ref(),
+            cluster.password_file().as_os_str(),
+        ])
+    }
+
+    /// A further node of `first`'s cluster (`dev-init --join`, not started yet): its token,
+    /// certificates and database, ports and a state directory of its own. Start `first` once
+    /// before, so that its audit key's public half is there to be copied.
+    pub fn join(first: &Daemon) -> Daemon {
+        Daemon::dev_init_with(&["--join".as_ref(), first.path().as_os_str()])
+    }
+
+    /// Whether the daemon's process is still running (it has not exited by itself).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    fn dev_init_with(args: &[&std::ffi::OsStr]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(BIN)
+            .args(["dev-init", "--dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("dev-init");
+        assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
+        let log = dir.path().join("daemon.log");
+        Daemon {
+            listen: config.listen,
+            ops: config.metrics_listen,
+            dir,
+            store: TestStore::Postgres,
+            child: None,
+            log,
+            cluster: None,
+        }
+    }
+}

@@ -89,7 +89,7 @@ impl PgStore {
         if let Some((k, request)) = &idem
             && let Some(answer) = self.read(|c| resolve(c, k, request))?
         {
-            return answer;
+            return self.replicated(answer);
         }
         let mut id = [0u8; BATCH_ID_LEN];
         aws_lc_rs::rand::fill(&mut id)
@@ -147,10 +147,10 @@ impl PgStore {
         });
         let seq = match outcome {
             Ok(Ok(seq)) => seq,
-            Ok(Err(answer)) => return answer,
+            Ok(Err(answer)) => return self.replicated(answer),
             Err(StoreError::Conflict(why)) if why == RACED.to_string() => {
                 let (k, request) = idem.as_ref().ok_or(RACED)?;
-                return self.read(|c| resolve(c, k, request))?.unwrap_or(Err(RACED));
+                return self.replicated(self.read(|c| resolve(c, k, request))?.unwrap_or(Err(RACED)));
             }
             Err(e) => return Err(e),
         };
@@ -163,6 +163,25 @@ impl PgStore {
             total: unsigned(total),
             status: counts.status(),
         })
+    }
+
+    /// `answer` (an idempotency key's replay or refusal), once everything this primary
+    /// committed is on the synchronous standby too. The batch it names may come from a COMMIT
+    /// whose wait for the standby was cancelled (answered 503, see `tx`): on the primary only.
+    /// A transaction that writes commits only once the standby has the WAL up to it, which
+    /// holds every earlier commit; so the retry gets its 202 only when the batch is as durable
+    /// as a first 202 promises. (It must write a row: a transaction id alone writes no WAL,
+    /// and PostgreSQL then does not wait for the standby.)
+    fn replicated<T>(&self, answer: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO hcert_meta (key, value) VALUES ('replication_barrier', '\\x')
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[],
+            )?;
+            Ok(())
+        })?;
+        answer
     }
 
     /// The issuer's batch, or `None` (another issuer's batch looks exactly like a missing one).

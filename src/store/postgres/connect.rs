@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode};
+use postgres::error::{DbError, Severity};
 use postgres::{Client, NoTls};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -231,7 +232,18 @@ impl PgSettings {
 
     /// Opens one connection (in this thread; it blocks up to the connect timeout per host).
     pub fn connect(&self) -> Result<Client, PgError> {
+        self.connect_watched().map(|(client, _)| client)
+    }
+
+    /// [`connect`](Self::connect), with the WARNINGs the server sends on the connection
+    /// collected (and logged) as they arrive.
+    pub fn connect_watched(&self) -> Result<(Client, Arc<Warnings>), PgError> {
         let mut config = self.config.clone();
+        let warnings = Arc::new(Warnings::default());
+        config.notice_callback({
+            let warnings = warnings.clone();
+            move |notice| warnings.heard(&notice)
+        });
         // Read per connect and dropped at once. tokio-postgres keeps its own copy inside this
         // clone of the configuration, which it does not zero; that copy is freed with it.
         let _password: Option<Zeroizing<Vec<u8>>> = match &self.password {
@@ -247,7 +259,36 @@ impl PgSettings {
             Some(tls) => config.connect(tls.clone()),
             None => config.connect(NoTls),
         };
-        connected.map_err(|e| PgError::from_client(&self.describe(), &e))
+        connected.map(|c| (c, warnings)).map_err(|e| PgError::from_client(&self.describe(), &e))
+    }
+}
+
+/// The WARNINGs the server sent on one connection and nobody took yet. The store takes them
+/// around each COMMIT: a COMMIT whose wait for the synchronous standby was cancelled still
+/// reports success, with only a WARNING saying it "might not have been replicated".
+#[derive(Debug, Default)]
+pub struct Warnings(Mutex<Vec<String>>);
+
+/// Warnings kept per connection at most (the first ones; a COMMIT sends one).
+const WARNINGS_KEPT: usize = 8;
+
+impl Warnings {
+    /// Records a notice (sessions send WARNING and above only: `client_min_messages`) and logs
+    /// it, as the client library would have without a callback.
+    fn heard(&self, notice: &DbError) {
+        let text = format!("{} ({}): {}", notice.severity(), notice.code().code(), notice.message());
+        log::warn!("store: PostgreSQL said {text}");
+        if notice.parsed_severity() == Some(Severity::Warning) {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < WARNINGS_KEPT {
+                kept.push(text);
+            }
+        }
+    }
+
+    /// The warnings heard since the last call, oldest first.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -297,7 +338,7 @@ struct PoolInner {
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<(Client, Instant)>,
+    idle: Vec<(Client, Arc<Warnings>, Instant)>,
     /// Connections handed out or being opened.
     busy: usize,
 }
@@ -341,7 +382,7 @@ impl PgPool {
         let inner = &self.inner;
         let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some((mut client, since)) = state.idle.pop() {
+            if let Some((mut client, warnings, since)) = state.idle.pop() {
                 if client.is_closed() {
                     // Closing a client does I/O: never under the lock.
                     drop(state);
@@ -351,11 +392,11 @@ impl PgPool {
                 }
                 state.busy += 1;
                 if since.elapsed() < VALIDATE_AFTER {
-                    return Ok(self.wrap(client));
+                    return Ok(self.wrap(client, warnings));
                 }
                 drop(state);
                 if client.is_valid(CONNECT_TIMEOUT).is_ok() {
-                    return Ok(self.wrap(client));
+                    return Ok(self.wrap(client, warnings));
                 }
                 drop(client);
                 // One dead connection means the database went away (restart, failover): the
@@ -367,8 +408,8 @@ impl PgPool {
             if state.busy < inner.settings.pool_size {
                 state.busy += 1;
                 drop(state);
-                return match inner.settings.connect() {
-                    Ok(client) => Ok(self.wrap(client)),
+                return match inner.settings.connect_watched() {
+                    Ok((client, warnings)) => Ok(self.wrap(client, warnings)),
                     Err(e) => {
                         self.release(None, e.is_unavailable());
                         Err(e)
@@ -408,18 +449,18 @@ impl PgPool {
         state.idle.len() + state.busy
     }
 
-    fn wrap(&self, client: Client) -> PooledClient {
-        PooledClient { client: Some(client), pool: self.clone(), broken: false, lost: false }
+    fn wrap(&self, client: Client, warnings: Arc<Warnings>) -> PooledClient {
+        PooledClient { client: Some(client), warnings, pool: self.clone(), broken: false, lost: false }
     }
 
     /// Hands a connection back (`None`: it is gone); `lost`: the database was found gone, so
     /// the idle connections are dropped too rather than each failing its next user.
-    fn release(&self, client: Option<Client>, lost: bool) {
+    fn release(&self, client: Option<(Client, Arc<Warnings>)>, lost: bool) {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         state.busy -= 1;
         let dead = if lost { std::mem::take(&mut state.idle) } else { Vec::new() };
-        if let Some(c) = client {
-            state.idle.push((c, Instant::now()));
+        if let Some((c, warnings)) = client {
+            state.idle.push((c, warnings, Instant::now()));
         }
         drop(state);
         // Closing clients does I/O: after the lock is released.
@@ -431,6 +472,8 @@ impl PgPool {
 /// A connection out of the pool, handed back when dropped (unless it broke).
 pub struct PooledClient {
     client: Option<Client>,
+    /// What the server warned on this connection.
+    warnings: Arc<Warnings>,
     pool: PgPool,
     /// Not to be reused (its state is unknown).
     broken: bool,
@@ -453,6 +496,11 @@ impl PooledClient {
     pub fn discard(&mut self) {
         self.broken = true;
     }
+
+    /// The WARNINGs the server sends on this connection, as they arrive.
+    pub fn warnings(&self) -> Arc<Warnings> {
+        self.warnings.clone()
+    }
 }
 
 impl std::ops::Deref for PooledClient {
@@ -472,7 +520,8 @@ impl Drop for PooledClient {
     fn drop(&mut self) {
         let client = self.client.take();
         let lost = self.lost || client.as_ref().is_some_and(Client::is_closed);
-        self.pool.release(client.filter(|_| !self.broken && !lost), lost);
+        let kept = client.filter(|_| !self.broken && !lost).map(|c| (c, self.warnings.clone()));
+        self.pool.release(kept, lost);
     }
 }
 

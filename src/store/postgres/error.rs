@@ -90,6 +90,12 @@ fn is_transient(e: &postgres::Error) -> bool {
             {
                 return false;
             }
+            // `target_session_attrs=read-write` found only standbys (the primary is down and no
+            // standby promoted yet, or one is being promoted): the client library reports it as
+            // PermissionDenied, but it is a failover in progress, not a refusal.
+            if io.kind() == ErrorKind::PermissionDenied && io.to_string() == SESSION_ATTRS_UNMET {
+                return true;
+            }
             return !matches!(
                 io.kind(),
                 ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::PermissionDenied
@@ -101,6 +107,10 @@ fn is_transient(e: &postgres::Error) -> bool {
     // the server asked for and we have none of, TLS it cannot do).
     false
 }
+
+/// What tokio-postgres says when no host of the list is a primary under
+/// `target_session_attrs=read-write`.
+const SESSION_ATTRS_UNMET: &str = "database does not allow writes";
 
 /// SQLSTATEs that mean "not now" rather than "no".
 fn transient_state(code: &SqlState) -> bool {

@@ -215,6 +215,28 @@ impl ScratchCluster {
         self.pg_ctl_start(&self.primary)
     }
 
+    /// Stops the standby cleanly (`pg_ctl stop -m fast`): the primary's commits then wait for
+    /// it (synchronous replication) until it is back or an administrator cancels the wait.
+    pub fn stop_standby(&self) -> Result<(), ScratchError> {
+        let Some(standby) = &self.standby else {
+            return Err(failed("stop_standby", "this cluster has no standby (use start_with_standby)"));
+        };
+        let mut c = self.command("pg_ctl")?;
+        c.args(["stop", "-m", "fast", "-w", "-t", &WAIT.as_secs().to_string(), "-D"]).arg(&standby.data);
+        run(&mut c, "pg_ctl stop (standby)").map(drop)
+    }
+
+    /// Starts the standby again after [`stop_standby`](Self::stop_standby); it catches up
+    /// and the commits waiting for it return.
+    pub fn start_standby_again(&self) -> Result<(), ScratchError> {
+        match &self.standby {
+            Some(standby) => self.pg_ctl_start(standby),
+            None => {
+                Err(failed("start_standby_again", "this cluster has no standby (use start_with_standby)"))
+            }
+        }
+    }
+
     /// Settings for a pool on this cluster ([`url`](Self::url) and
     /// [`password_file`](Self::password_file), no TLS).
     pub fn settings(&self, pool_size: usize) -> Result<PgSettings, PgError> {

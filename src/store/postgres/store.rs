@@ -18,6 +18,8 @@ use crate::store::{KEY_CACHE, KEY_STOCK, StoreError, StoreOptions};
 /// How long a claimed block stays leased to its node before another may take it over: far
 /// longer than signing a chunk takes, short enough that a dead node's work resumes soon.
 pub(super) const LEASE: Duration = Duration::from_secs(30);
+/// A COMMIT waiting this long for the synchronous standby makes readiness red.
+pub(super) const SYNC_STALL: Duration = Duration::from_secs(5);
 /// How long the cluster-wide queue count may be reused before it is read again.
 const QUEUED_TTL: Duration = Duration::from_millis(500);
 /// Attempts of a transaction that met a serialisation failure or a deadlock.
@@ -127,6 +129,7 @@ impl PgStore {
         loop {
             attempt += 1;
             let mut client = self.inner.pool.get().map_err(store_error)?;
+            let warnings = client.warnings();
             let outcome = (|| {
                 let mut tx = client.transaction()?;
                 let value = f(&mut tx)?;
@@ -135,12 +138,29 @@ impl PgStore {
                 // standby has it, and a 202 would not survive the loss of the primary. Without a
                 // standby the commit waits as long as PostgreSQL makes it.
                 tx.batch_execute("SET LOCAL statement_timeout = 0")?;
+                warnings.take();
                 tx.commit()?;
+                // An administrator can still cancel that wait (pg_cancel_backend): the COMMIT
+                // then succeeds with a WARNING, committed on this server only. Not durable as
+                // promised, so not reported as done: the caller answers 503 and the client's
+                // retry (same Idempotency-Key) finds the batch, or submits it again if this
+                // server is lost.
+                let said = warnings.take();
+                if !said.is_empty() {
+                    return Err(TxError::Unconfirmed(said.join("; ")));
+                }
                 Ok(value)
             })();
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(TxError::Abort(e)) => return Err(e),
+                Err(TxError::Unconfirmed(said)) => {
+                    client.discard();
+                    return Err(StoreError::Unreachable(format!(
+                        "a COMMIT ended with a warning and may exist on {} only, not yet replicated: {said}",
+                        self.inner.pool.describe()
+                    )));
+                }
                 Err(TxError::Db(e)) => {
                     let retry = matches!(
                         e.code(),
@@ -272,6 +292,23 @@ impl PgStore {
                 "connected to a read-only standby; waiting for a primary".into(),
             ));
         }
+        // A primary whose synchronous standby is gone accepts connections and queries but no
+        // COMMIT returns: nothing can be accepted or signed, though every check above passes.
+        // The store's sessions (one role for the cluster, so this sees every node's) tell.
+        let stalled: i64 = self.read(|c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event = 'SyncRep' AND now() - query_start > make_interval(secs => $1)",
+                &[&SYNC_STALL.as_secs_f64()],
+            )
+            .map(|r| r.get(0))
+        })?;
+        if stalled > 0 {
+            return Err(StoreError::Unreachable(format!(
+                "{stalled} commit(s) have waited over {} s for the synchronous standby (synchronous_standby_names): it is down or far behind; writes resume when it is back",
+                SYNC_STALL.as_secs()
+            )));
+        }
         Ok(())
     }
 }
@@ -280,6 +317,8 @@ impl PgStore {
 pub(super) enum TxError {
     Db(postgres::Error),
     Abort(StoreError),
+    /// The COMMIT returned with a WARNING (these): its durability is unknown, never retried.
+    Unconfirmed(String),
 }
 
 impl From<postgres::Error> for TxError {

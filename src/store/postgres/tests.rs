@@ -253,6 +253,10 @@ fn a_pool_on_both_hosts_follows_the_promoted_standby() {
     cluster.kill9_primary().unwrap();
     let e = pool.run(|c| c.query_one("SELECT 1", &[])).unwrap_err();
     assert!(e.is_unavailable(), "{e:?}");
+    // A new connection finds only the standby, read-only until promoted: a failover in
+    // progress (503, retried), not a refusal.
+    let e = super::connect::PgPool::new(cluster.settings(1).unwrap()).get().err().expect("no primary");
+    assert!(e.is_unavailable() && e.to_string().contains("does not allow writes"), "{e:?}");
     cluster.promote_standby().unwrap();
 
     // The same pool, no rebuild: it finds the new primary and writes there.
@@ -520,4 +524,80 @@ fn a_listener_hears_notifications_and_listens_again_after_a_restart() {
     assert!(t.elapsed() < Duration::from_secs(2), "stopping took {:?}", t.elapsed());
     let e = Listener::start(cluster.settings(1).unwrap(), &["Bad-Name"], |_| {}).err().expect("refused");
     assert!(e.to_string().contains("LISTEN channel \"Bad-Name\""), "{e}");
+}
+
+#[test]
+fn a_commit_whose_wait_for_the_standby_is_cancelled_is_not_reported_durable() {
+    use crate::store::conformance::kit;
+    use crate::store::{StoreError, StoreOptions};
+    let cluster = ScratchCluster::start_with_standby().expect("primary and standby");
+    let options = StoreOptions { key_wrap: Some(kit::kek()), ..StoreOptions::default() };
+    let store = PgStore::open(cluster.settings(4).unwrap(), options).expect("open the store");
+    let refs = kit::refs("iss", 3);
+    // Replicated as promised while the standby is there.
+    let first = store.submit("iss", Some("k-before"), &kit::records(&refs), 1_000).expect("submit");
+    assert!(first.created);
+    store.check().expect("ready");
+
+    // The standby goes away: a COMMIT now waits for it, until an administrator cancels the wait.
+    cluster.stop_standby().unwrap();
+    let submitting = {
+        let (store, refs) = (store.clone(), refs.clone());
+        std::thread::spawn(move || store.submit("iss", Some("k-during"), &kit::records(&refs), 1_000))
+    };
+    // Readiness goes red once a COMMIT has waited a while: nothing can be written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stalled = loop {
+        match store.check() {
+            Err(e) => break e,
+            Ok(()) => assert!(Instant::now() < deadline, "readiness stayed green with no standby"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(stalled.is_unavailable() && stalled.to_string().contains("synchronous standby"), "{stalled}");
+    // The same role may cancel its own sessions' statements: no superuser needed.
+    let admin = pool(&cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cancelled: i64 = admin
+            .run(|c| {
+                c.query_one(
+                    "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity
+                     WHERE wait_event = 'SyncRep' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+            })
+            .unwrap()
+            .get(0);
+        if cancelled > 0 {
+            break;
+        }
+        assert!(!submitting.is_finished(), "the COMMIT did not wait for the stopped standby");
+        assert!(Instant::now() < deadline, "no COMMIT waiting for the standby\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = submitting.join().unwrap().expect_err("a commit the standby may not have is not a 202");
+    let text = e.to_string();
+    assert!(matches!(e, StoreError::Unreachable(_)) && e.is_unavailable(), "{e:?}");
+    assert!(text.contains("may exist on") && text.contains("synchronous replication"), "{text}");
+
+    // It did commit here (which is why PostgreSQL only warned): the client's retry with the same
+    // idempotency key finds that batch instead of signing it twice, but answers only once the
+    // standby has it too — a 202 promises that.
+    let retrying = {
+        let (store, refs) = (store.clone(), refs.clone());
+        std::thread::spawn(move || store.submit("iss", Some("k-during"), &kit::records(&refs), 1_001))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.check().is_ok() {
+        assert!(!retrying.is_finished(), "a replay answered before the standby had the batch");
+        assert!(Instant::now() < deadline, "the replay is not waiting for the standby");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!retrying.is_finished(), "a replay answered before the standby had the batch");
+    cluster.start_standby_again().unwrap();
+    let retry = retrying.join().unwrap().expect("the retry");
+    assert!(!retry.created && retry.batch_id != first.batch_id, "{retry:?}");
+    assert_eq!(retry.total, 3);
+    store.check().expect("ready again: no commit waits");
 }
