@@ -262,7 +262,8 @@ async fn client(d: &Daemon, first: &Daemon, name: &str) -> ApiClient {
 
 /// What the node answers an issuer while the database is away: 503 `store_unavailable` with
 /// Retry-After for a new batch, a synchronous signing (no signature leaves without its audit
-/// entry) and the status and results of an accepted batch (`batch_id`, issuer's own).
+/// entry) and the status and results of an accepted batch (`batch_id`, issuer's own); and an
+/// officer the same for the key list, the checkpoints and a revocation export.
 async fn outage_answers(d: &Daemon, first: &Daemon, batch_id: &str, which: &str) {
     let mut c = client(d, first, "issuer").await;
     for (post, path) in [
@@ -282,6 +283,18 @@ async fn outage_answers(d: &Daemon, first: &Daemon, batch_id: &str, which: &str)
         assert!(text.contains("store_unavailable"), "{which} {path}: {text}");
         let after = r.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         assert!(after.is_some_and(|s| s > 0), "{which} {path}: no Retry-After");
+    }
+    // An officer's routes that read the store: an outage too, never a 500.
+    let mut o = client(d, first, "officer1").await;
+    for r in [
+        o.get("/v1/keys").await,
+        o.get("/v1/audit/checkpoints").await,
+        o.post("/v1/revocations", &json!({"batch": batch_id})).await,
+    ] {
+        let r = r.expect("an answer");
+        let text = String::from_utf8_lossy(&r.body);
+        assert_eq!(r.status, 503, "{which} officer: {text}");
+        assert!(r.headers.contains_key("retry-after"), "{which} officer: no Retry-After: {text}");
     }
 }
 

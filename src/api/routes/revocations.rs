@@ -58,9 +58,21 @@ where
             log::error!("revocation: {m}");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", m)
         };
-        let picked = selection
-            .pick(st.store.audit_entries(crate::audit::FIRST_SEQ).map(|r| r.map_err(|e| e.to_string())))
-            .map_err(internal)?;
+        // A store away (a database restarting, a failover) is an outage, 503, not a failure.
+        let mut away = None;
+        let entries = st.store.audit_entries(crate::audit::FIRST_SEQ).map(|r| {
+            r.map_err(|e| {
+                let m = e.to_string();
+                if e.is_unavailable() {
+                    away.get_or_insert(e);
+                }
+                m
+            })
+        });
+        let picked = selection.pick(entries).map_err(|m| match away.take() {
+            Some(e) => super::batches_create::store_error(e),
+            None => internal(m),
+        })?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let country = &st.service.settings.country;
         let batches = revocation::batches(country, &picked, &[HashType::Uci, HashType::Signature], now);
