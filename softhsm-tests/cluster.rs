@@ -12,38 +12,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
-use daemon::{records, verify_all};
+use daemon::{Rng, records, seed, verify_all};
 use hcert_signer::client::{ApiClient, Reply};
 use hcert_signer::pki::dev::DevCa;
 use http::Method;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-
-/// A small xorshift generator: the chaos of a run is replayed from its printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from))
-    }
-}
-
-fn seed(var: &str) -> u64 {
-    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    })
-}
 
 fn lines(body: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(body).lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect()

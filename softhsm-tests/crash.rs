@@ -7,30 +7,12 @@ mod daemon;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, records, verify_all, wait_done};
+use daemon::{Daemon, Rng, records, verify_all, wait_done};
 use serde_json::{Value, json};
-
-/// A small xorshift generator: random kill moments, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_while_signing_loses_nothing() {
-    let seed = std::env::var("HCERT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let seed = daemon::seed("HCERT_CRASH_SEED");
     println!("crash test seed {seed} (rerun with HCERT_CRASH_SEED={seed})");
     let mut rng = Rng(seed);
     let mut d = Daemon::start();

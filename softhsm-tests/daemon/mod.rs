@@ -104,18 +104,24 @@ impl Daemon {
     /// dev-init in a fresh directory (not started yet), on `store` whatever [`STORE_ENV`]
     /// says: for tests of one backend's own storage.
     pub fn init_on(store: TestStore) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
         let (args, cluster) = store.dev_init_args();
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let mut d = Daemon::dev_init_with(&args, store);
+        d.cluster = cluster;
+        d
+    }
+
+    /// `dev-init --dir <fresh temp dir> ARGS` (not started yet).
+    fn dev_init_with(args: &[&std::ffi::OsStr], store: TestStore) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(BIN)
             .args(["dev-init", "--dir"])
             .arg(dir.path())
             .args(args)
             .output()
-            .expect("run dev-init");
+            .expect("dev-init");
         assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
-        let log = dir.path().join("daemon.log");
-        Daemon { listen: config.listen, ops: config.metrics_listen, dir, store, child: None, log, cluster }
+        Daemon::at(dir, store)
     }
 
     /// A daemon (not started yet) for a directory `dev-init` already wrote (a cluster's node
@@ -453,6 +459,38 @@ impl Drop for Haproxy {
     }
 }
 
+/// A small xorshift generator: a test's random moments (kills, pauses) are replayed from the
+/// seed it prints.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number (the state must not be 0).
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A duration from `from` up to `to` milliseconds.
+    pub fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+/// The seed in the environment variable `var` (to replay a run), else one from the clock; the
+/// caller prints it.
+pub fn seed(var: &str) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    })
+}
+
 /// Runs `hcert-signer audit verify` with `args`: (exit success, its JSON report, stderr).
 pub fn audit_verify(args: &[&std::ffi::OsStr]) -> (bool, Value, String) {
     let out = Command::new(BIN).args(["audit", "verify"]).args(args).output().expect("audit verify");
@@ -476,45 +514,26 @@ impl Daemon {
     /// dev-init in a fresh directory (not started yet) on `cluster`, a PostgreSQL cluster the
     /// test started and keeps (to stop it, kill its primary, promote its standby).
     pub fn init_on_cluster(cluster: &ScratchCluster) -> Daemon {
-        Daemon::dev_init_with(&[
-            "--postgres".as_ref(),
-            cluster.url().as_ref(),
-            "--postgres-password-file".as_ref(),
-            cluster.password_file().as_os_str(),
-        ])
+        Daemon::dev_init_with(
+            &[
+                "--postgres".as_ref(),
+                cluster.url().as_ref(),
+                "--postgres-password-file".as_ref(),
+                cluster.password_file().as_os_str(),
+            ],
+            TestStore::Postgres,
+        )
     }
 
     /// A further node of `first`'s cluster (`dev-init --join`, not started yet): its token,
     /// certificates and database, ports and a state directory of its own. Start `first` once
     /// before, so that its audit key's public half is there to be copied.
     pub fn join(first: &Daemon) -> Daemon {
-        Daemon::dev_init_with(&["--join".as_ref(), first.path().as_os_str()])
+        Daemon::dev_init_with(&["--join".as_ref(), first.path().as_os_str()], TestStore::Postgres)
     }
 
     /// Whether the daemon's process is still running (it has not exited by itself).
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-
-    fn dev_init_with(args: &[&std::ffi::OsStr]) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = Command::new(BIN)
-            .args(["dev-init", "--dir"])
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .expect("dev-init");
-        assert!(out.status.success(), "dev-init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let config = Config::load(&dir.path().join("config.toml")).expect("config.toml");
-        let log = dir.path().join("daemon.log");
-        Daemon {
-            listen: config.listen,
-            ops: config.metrics_listen,
-            dir,
-            store: TestStore::Postgres,
-            child: None,
-            log,
-            cluster: None,
-        }
     }
 }
