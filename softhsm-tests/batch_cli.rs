@@ -186,12 +186,25 @@ fn a_queue_limit_below_the_file_size_is_waited_out() {
     d.wait_ready(Duration::from_secs(60));
     let work = tempfile::tempdir().expect("tempdir");
     let file = write_file(work.path(), "q-", 3_000, 1, 2, 3);
+    // Another issuer's batch of 10,000 fills the queue first (its signing takes seconds; the
+    // command starts in milliseconds), so the command's first batch meets the full queue.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let blocker = rt.block_on(async {
+        let mut c = d.client("issuer2").await;
+        let r = c.post("/v1/batches", &json!({"records": daemon::records("b", 10_000)})).await.unwrap();
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        r.json().unwrap()["batch_id"].as_str().unwrap().to_owned()
+    });
     let out = batch(&d, &["submit".as_ref(), "--batch-records".as_ref(), "1000".as_ref(), file.as_os_str()]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("answered 503"), "the queue was full at least once: {err}");
     assert!(err.contains("2998 signed, 3 rejected"), "{err}");
     assert_eq!(lines(&work.path().join("q-records.results.ndjson")).len(), 3_001);
+    rt.block_on(async {
+        let mut c = d.client("issuer2").await;
+        daemon::wait_done(&mut c, &blocker, Duration::from_secs(120)).await;
+    });
 }
 
 #[test]
