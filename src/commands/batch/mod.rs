@@ -120,6 +120,9 @@ fn retry_after(reply: &Reply) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// Hears of each wait on a busy appliance: status, error code, how long.
+pub(crate) type OnWait = dyn Fn(u16, &str, Duration) + Sync;
+
 /// A connection to the appliance that reconnects: a request that meets a dropped connection is
 /// sent again on a new one, with backoff, a bounded number of times; 429 and 503 are waited
 /// out after their Retry-After, for as long as the appliance keeps saying so.
@@ -140,7 +143,7 @@ impl Conn {
         method: Method,
         path: &str,
         body: Option<&[u8]>,
-        on_wait: Option<&(dyn Fn(u16, &str, Duration) + Sync)>,
+        on_wait: Option<&OnWait>,
     ) -> Result<Reply> {
         let mut failures = 0u32;
         loop {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How often the plain line is printed.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -33,9 +33,13 @@ impl Progress {
             let overall = multi.add(ProgressBar::new(total));
             overall.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:>12} [{wide_bar}] {pos}/{len} records  {per_sec}  {eta} left",
+                    "{prefix:>12} [{wide_bar}] {pos}/{len} records  {rate}  {eta} left",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
+                // Whole records per second: indicatif's own `{per_sec}` shows four decimals.
+                .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} records/s", s.per_sec());
+                })
                 .progress_chars("=> "),
             );
             overall.set_prefix("all");

@@ -165,6 +165,7 @@ async fn one_batch(
         .ok_or_else(|| Error::Io(std::io::Error::other("the appliance's answer names no batch")))?
         .to_owned();
     let replayed = accepted["replayed"] == true;
+    bar.set(0, &format!("{id} {}", if replayed { "resumed" } else { "accepted" }));
     loop {
         let reply = conn.send(Method::GET, &batch_path(&id, ""), None, Some(&note)).await?;
         if !reply.status.is_success() {
