@@ -136,7 +136,8 @@ fn a_submit_killed_halfway_and_rerun_signs_nothing_twice() {
     d.spawn();
     d.wait_ready(Duration::from_secs(60));
     let work = tempfile::tempdir().expect("tempdir");
-    let file = write_file(work.path(), "k-", 8_000, 5, 7_000, 3_000);
+    // Large enough that the command is still running when the test sees 3,000 signatures.
+    let file = write_file(work.path(), "k-", 15_000, 5, 14_000, 3_000);
     let args = ["submit", "--batch-records", "1000", "--quiet"];
     let mut child = Command::new(BIN)
         .arg("batch")
@@ -162,8 +163,8 @@ fn a_submit_killed_halfway_and_rerun_signs_nothing_twice() {
 
     let out = batch(&d, &["submit".as_ref(), "--batch-records".as_ref(), "1000".as_ref(), file.as_os_str()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("7998 signed, 3 rejected"), "{}", stderr(&out));
-    assert_eq!(lines(&work.path().join("k-records.results.ndjson")).len(), 8_001);
+    assert!(stderr(&out).contains("14998 signed, 3 rejected"), "{}", stderr(&out));
+    assert_eq!(lines(&work.path().join("k-records.results.ndjson")).len(), 15_001);
 
     // A third run on the same file replays every batch: still nothing new signed.
     let again =
@@ -175,7 +176,7 @@ fn a_submit_killed_halfway_and_rerun_signs_nothing_twice() {
     assert!(stderr(&other).contains("idempotency_conflict"), "{}", stderr(&other));
 
     d.terminate();
-    assert_eq!(d.audited_signatures(), 7_998, "each good record signed exactly once");
+    assert_eq!(d.audited_signatures(), 14_998, "each good record signed exactly once");
 }
 
 #[test]

@@ -156,6 +156,17 @@ async fn one_batch(
     };
     let reply = conn.send(Method::POST, "/v1/batches", Some(&body), Some(&note)).await?;
     drop(body);
+    if reply.status == StatusCode::CONFLICT {
+        // The keys follow the file and the chunk's position: only another cut reuses one.
+        let mut e = super::super::keys::refused(&reply);
+        if let Error::Refused { message, .. } = &mut e {
+            message.push_str(
+                " (this file was submitted before with another --batch-records: rerun with the same value \
+                 to resume it; nothing was signed twice)",
+            );
+        }
+        return Err(e);
+    }
     if reply.status != StatusCode::ACCEPTED {
         return Err(super::super::keys::refused(&reply));
     }
