@@ -127,6 +127,10 @@ impl Source {
                     return Ok(None);
                 }
                 *line += 1;
+                // Blank as the first pass counts them (ASCII whitespace only).
+                if buf.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
                 let text = match String::from_utf8(buf) {
                     Ok(t) => t,
                     Err(_) => {
@@ -136,9 +140,6 @@ impl Source {
                         }));
                     }
                 };
-                if text.trim().is_empty() {
-                    continue;
-                }
                 return Ok(Some(Raw { locator: format!("line {line}"), text: Ok(text) }));
             },
         }

@@ -62,8 +62,9 @@ pub fn run(profile: Profile, options: Options) -> Result<ExitCode> {
         let (results, csv) = report.finish()?;
         // Counts and codes only: the summary never shows a record's content.
         eprintln!(
-            "batch: {} records in {batches} batches: {signed} signed, {rejected} rejected ({:.0} records/s)",
+            "batch: {} records in {batches} batch{}: {signed} signed, {rejected} rejected ({:.0} records/s)",
             signed + rejected,
+            if batches == 1 { "" } else { "es" },
             progress.rate()
         );
         for (code, n) in &by_code {
