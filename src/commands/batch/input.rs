@@ -154,7 +154,10 @@ pub struct Input {
     pub total: usize,
     path: std::path::PathBuf,
     source: Source,
-    seen: HashSet<String>,
+    /// The refs met so far, as the first 16 bytes of their SHA-256: a city's 4.5 million refs
+    /// in about 150 MB rather than half a gigabyte of strings (a false duplicate needs a
+    /// 128-bit collision).
+    seen: HashSet<[u8; 16]>,
     next_index: usize,
     pending: Option<Entry>,
     batch_records: usize,
@@ -309,7 +312,10 @@ impl Input {
         let Some(dcc) = record.dcc else {
             return reject(&r#ref, "no_dcc", "dcc", "the record has no dcc".into());
         };
-        if !self.seen.insert(r#ref.clone()) {
+        let digest: [u8; 32] = Sha256::digest(r#ref.as_bytes()).into();
+        let mut short = [0u8; 16];
+        short.copy_from_slice(&digest[..16]);
+        if !self.seen.insert(short) {
             return reject(
                 &r#ref,
                 "duplicate_ref",
