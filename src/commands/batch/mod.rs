@@ -38,9 +38,12 @@ pub struct Args {
 /// The batch operations.
 #[derive(Debug, Subcommand)]
 pub enum Action {
-    /// Sign every record of FILE.json (`{"records":[…]}` or an array) or FILE.ndjson (one
-    /// record per line), in batches; rerun the same command after an interruption: nothing is
-    /// signed twice. Writes every result, `rejected.csv` beside them, and a summary.
+    /// Sign every record of a file, in batches, with progress; results, rejected.csv, summary.
+    ///
+    /// FILE.json (`{"records":[…]}` or an array) or FILE.ndjson (one record per line). Rerun the
+    /// same command on the same file after an interruption: nothing is signed twice. Exit
+    /// status: 0 every record signed, 2 some rejected (see rejected.csv), 78 a bad file or
+    /// profile, 69 the appliance unreachable, 1 the appliance refused.
     Submit(submit::Options),
     /// A batch's state and counts.
     Status {
