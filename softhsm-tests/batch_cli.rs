@@ -1,7 +1,7 @@
 //! `hcert-signer batch` against a real daemon (issue 20, Acceptance 3): a file larger than a
 //! batch signed in one command with a correct rejection report; a run killed halfway and rerun
-//! signs nothing twice (the audit log counts); a queue limit below the file's size is waited
-//! out; `status`, `results` and `delete`; a bad file is a configuration error.
+//! signs nothing twice (the audit log counts); a queue limit below the file's size and a rate
+//! limit are waited out; `status`, `results` and `delete`; a bad file is a configuration error.
 
 mod daemon;
 
@@ -206,6 +206,32 @@ fn a_queue_limit_below_the_file_size_is_waited_out() {
         let mut c = d.client("issuer2").await;
         daemon::wait_done(&mut c, &blocker, Duration::from_secs(120)).await;
     });
+}
+
+/// The requests the running daemon answered 429 (its metrics).
+fn rate_limited(d: &Daemon) -> u64 {
+    let Some((_, text)) = daemon::ops_get(d.ops, "/metrics") else { return 0 };
+    text.lines()
+        .filter(|l| l.starts_with("hcert_http_requests_total") && l.contains("status=\"429\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn a_rate_limit_is_waited_out() {
+    let mut d = Daemon::init();
+    // Two batches in flight poll twice a second each: above this limit.
+    d.append_config("\n[limits]\nrequests_per_second = 2\n");
+    d.spawn();
+    d.wait_ready(Duration::from_secs(60));
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("r.json");
+    std::fs::write(&file, serde_json::to_string(&daemon::records("r", 3_000)).unwrap()).expect("write");
+    let out = batch(&d, &["submit".as_ref(), "--batch-records".as_ref(), "500".as_ref(), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("3000 records in 6 batches: 3000 signed, 0 rejected"), "{}", stderr(&out));
+    assert!(rate_limited(&d) > 0, "the command met the rate limit");
+    assert_eq!(lines(&work.path().join("r.results.ndjson")).len(), 3_000);
 }
 
 #[test]

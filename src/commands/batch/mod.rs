@@ -194,3 +194,32 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, retry_after: Option<&str>) -> Reply {
+        let mut headers = http::HeaderMap::new();
+        if let Some(v) = retry_after {
+            headers.insert(header::RETRY_AFTER, v.parse().unwrap());
+        }
+        Reply { status: StatusCode::from_u16(status).unwrap(), headers, body: Default::default() }
+    }
+
+    #[test]
+    fn retry_after_is_taken_in_seconds_within_bounds() {
+        assert_eq!(retry_after(&reply(503, Some("10"))), Duration::from_secs(10));
+        assert_eq!(retry_after(&reply(503, None)), Duration::from_secs(5));
+        assert_eq!(retry_after(&reply(429, Some("0"))), Duration::from_secs(1));
+        assert_eq!(retry_after(&reply(429, Some("86400"))), Duration::from_secs(60));
+        // An HTTP date is not parsed: the default wait.
+        assert_eq!(retry_after(&reply(503, Some("Wed, 21 Oct 2026 07:28:00 GMT"))), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn batch_ids_are_escaped_into_the_path() {
+        assert_eq!(batch_path("abc123", "/results"), "/v1/batches/abc123/results");
+        assert_eq!(batch_path("../keys", ""), "/v1/batches/..%2Fkeys");
+    }
+}
