@@ -38,6 +38,10 @@ pub enum Error {
         /// Its message.
         message: String,
     },
+    /// The appliance could not be reached (connection refused, reset, TLS failure, name not
+    /// resolved), after the retries the command allows.
+    #[error("the appliance is unreachable: {0}")]
+    Unavailable(String),
     /// Other I/O (stdin, stdout, sockets).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -61,9 +65,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// wrong PIN is never retried by a restart loop until the token locks.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// Exit status when the appliance cannot be reached: `EX_UNAVAILABLE` (a later retry may work).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
 impl Error {
-    /// The process exit status for this error: [`EXIT_CONFIG`] when retrying cannot help, 1
-    /// otherwise.
+    /// The process exit status for this error: [`EXIT_CONFIG`] when retrying cannot help,
+    /// [`EXIT_UNAVAILABLE`] when the appliance cannot be reached, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         use crate::hsm::Error as H;
         match self {
@@ -82,6 +89,7 @@ impl Error {
             {
                 EXIT_CONFIG
             }
+            Error::Unavailable(_) => EXIT_UNAVAILABLE,
             _ => 1,
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! It makes a fresh SoftHSM2 token (its own `DIR/softhsm2.conf`), a Document Signer key inside
 //! it, a development CSCA that certifies that key from its CSR, a TLS CA with the server
-//! certificate and the client certificates of two issuers and two officers, the user PIN in
+//! certificate and the client certificates of two issuers and two officers (with profiles for
+//! both officers and the first issuer), the user PIN in
 //! `DIR/hsm-pin` (0600), and `DIR/config.toml`.
 
 use std::fmt::Write as _;
@@ -32,6 +33,10 @@ pub const CLIENTS: &[(&str, &str)] = &[
     ("officer1", r#"["officer"]"#),
     ("officer2", r#"["officer"]"#),
 ];
+
+/// The clients dev-init writes a profile for: both officers (`keys`, `audit`) and the first
+/// issuer (`batch`).
+pub const PROFILES: &[&str] = &["officer1", "officer2", "issuer"];
 
 /// Arguments of `dev-init`.
 #[derive(Debug, clap::Args)]
@@ -160,10 +165,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         config.push_str(&store_toml(url, args.postgres_password_file.as_deref()));
     }
     write_file(&dir.join("config.toml"), &config)?;
-    for (name, roles) in CLIENTS {
-        if roles.contains("officer") {
-            write_file(&dir.join(format!("{name}.toml")), &profile_toml(&dir, name, listen))?;
-        }
+    for name in PROFILES {
+        write_file(&dir.join(format!("{name}.toml")), &profile_toml(&dir, name, listen))?;
     }
 
     println!("dev-init: development setup in {}", dir.display());
@@ -173,6 +176,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "  officer profiles {0}/officer1.toml, {0}/officer2.toml (hcert-signer keys --profile …)",
         dir.display()
     );
+    println!("  issuer profile {}/issuer.toml (hcert-signer batch --profile …)", dir.display());
     println!("  API https://{listen}  metrics http://{metrics_listen}/metrics");
     println!("  run with SOFTHSM2_CONF={} (the daemon sets it itself from config.toml)", conf.display());
     Ok(ExitCode::SUCCESS)
@@ -227,10 +231,8 @@ fn join(args: &Args, first: &Path) -> Result<ExitCode> {
     // The audit key's public half, pinned at the cluster's first start (see the runbook).
     std::fs::create_dir_all(&state).map_err(Error::file(&state))?;
     std::fs::copy(&pem, state.join(super::serve::AUDIT_KEY_FILE)).map_err(Error::file(&pem))?;
-    for (name, roles) in CLIENTS {
-        if roles.contains("officer") {
-            write_file(&dir.join(format!("{name}.toml")), &profile_toml(&first, name, listen))?;
-        }
+    for name in PROFILES {
+        write_file(&dir.join(format!("{name}.toml")), &profile_toml(&first, name, listen))?;
     }
     println!("dev-init: node of the cluster in {} joined to {}", dir.display(), first.display());
     println!("  config  {}", dir.join("config.toml").display());
@@ -377,11 +379,16 @@ client_ca = ["{ca}"]
     s
 }
 
-/// An officer's profile for `hcert-signer keys --profile`.
+/// A client's profile for `hcert-signer keys|audit|batch --profile`.
 fn profile_toml(dir: &Path, name: &str, listen: SocketAddr) -> String {
     let d = |p: &str| dir.join(p).display().to_string();
+    let commands = if name.starts_with("issuer") {
+        "`hcert-signer batch`"
+    } else {
+        "`hcert-signer keys` and `hcert-signer audit`"
+    };
     format!(
-        "# {name}'s profile for `hcert-signer keys` and `hcert-signer audit`, written by dev-init.\n\
+        "# {name}'s profile for {commands}, written by dev-init.\n\
          address = \"{listen}\"\nserver_name = \"localhost\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
         ca = d("tls/ca.pem"),
         cert = d(&format!("tls/{name}.pem")),

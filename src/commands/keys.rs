@@ -192,7 +192,7 @@ pub(crate) fn refused(reply: &Reply) -> Error {
 }
 
 /// Labels are `[A-Za-z0-9._:-]`; anything else is escaped so a path cannot be smuggled in.
-fn percent(label: &str) -> String {
+pub(crate) fn percent(label: &str) -> String {
     label
         .bytes()
         .map(|b| match b {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 pub mod audit;
+pub mod batch;
 pub mod dev_init;
 pub mod keys;
 pub mod qr;
@@ -25,6 +26,8 @@ pub enum Command {
     Qr(qr::Args),
     /// Security officers: manage Document Signer keys through the admin API.
     Keys(keys::Args),
+    /// Issuers: sign a file of records through the batch API, with progress and a rejection report.
+    Batch(batch::Args),
     /// Check the audit log; export revocation entries.
     Audit(audit::Args),
     /// Operations on a whole store, offline: copy a stopped appliance's store into an empty one.
@@ -39,6 +42,7 @@ pub fn run(command: Command) -> crate::Result<ExitCode> {
         Command::Verify(args) => verify::run(args),
         Command::Qr(args) => qr::run(args),
         Command::Keys(args) => keys::run(args),
+        Command::Batch(args) => batch::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Store(args) => store::run(args),
     }
