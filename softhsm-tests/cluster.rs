@@ -247,33 +247,36 @@ async fn three_nodes_sign_30000_records_through_haproxy_with_one_node_killed_and
     assert_eq!(c.audited_signatures(1), (BATCHES * PER_BATCH + 100) as u64, "{}", c.logs());
 }
 
-/// `dev-init --join` before the first node ever started is refused and writes nothing: the
-/// first start makes the cluster's audit key, whose pinned public half every node needs.
-#[test]
-fn joining_a_node_that_never_started_is_refused() {
+/// `dev-init --join` before the first node ever started: the joined node may even start first
+/// (it makes the cluster's audit key); the other then pins that key from the log's own
+/// checkpoints, and both sign into the one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joined_before_the_first_start_pins_the_audit_key_from_the_log() {
     let pg = std::thread::spawn(hcert_signer::store::postgres::ScratchCluster::start)
         .join()
         .unwrap()
         .expect("a scratch PostgreSQL");
-    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let run = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(daemon::BIN).arg("dev-init").args(args).output().unwrap()
-    };
-    let made = run(&[
-        "--dir".as_ref(),
-        first.path().as_os_str(),
-        "--postgres".as_ref(),
-        pg.url().as_ref(),
-        "--postgres-password-file".as_ref(),
-        pg.password_file().as_os_str(),
-    ]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let refused =
-        run(&["--dir".as_ref(), second.path().as_os_str(), "--join".as_ref(), first.path().as_os_str()]);
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
-    assert!(stderr.contains("has not started yet") && stderr.contains("audit-key.pem"), "{stderr}");
-    assert_eq!(std::fs::read_dir(second.path()).unwrap().count(), 0, "nothing written");
+    let mut first = daemon::Daemon::init_on_cluster(&pg);
+    let mut second = daemon::Daemon::join(&first);
+    let pem = |d: &daemon::Daemon| d.path().join("state/audit-key.pem");
+    assert!(!pem(&first).exists() && !pem(&second).exists(), "no node has started");
+    // The joined node starts first: its first start makes the audit key.
+    second.spawn();
+    second.wait_ready(Duration::from_secs(60));
+    assert!(second.log_text().contains("first start: generated the audit key"), "{}", second.log_text());
+    first.spawn();
+    first.wait_ready(Duration::from_secs(60));
+    assert!(first.log_text().contains("pinned the cluster's audit key"), "{}", first.log_text());
+    assert_eq!(std::fs::read(pem(&first)).unwrap(), std::fs::read(pem(&second)).unwrap(), "one audit key");
+    let tls = first.tls("issuer");
+    for d in [&first, &second] {
+        let mut c = ApiClient::connect(d.listen, "localhost", &tls).await.unwrap();
+        let r = c.post("/v1/sign", &json!({"records": records("j-", 2)})).await.unwrap();
+        assert_eq!(r.status, 200, "{}", text(&r));
+    }
+    assert_eq!(second.terminate(), Some(0));
+    assert_eq!(first.terminate(), Some(0));
+    assert_eq!(first.audited_signatures(), 4);
 }
 
 // ---- Acceptance 3 ----

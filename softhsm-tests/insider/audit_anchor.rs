@@ -286,7 +286,7 @@ async fn the_audit_key_is_pinned_to_the_first_start() {
     let state = d.path().join("state");
     let pem = state.join("audit-key.pem");
     let recorded = std::fs::read_to_string(&pem).unwrap();
-    let before = entries(&d, &pem);
+    let mut before = entries(&d, &pem);
 
     // Another key's public half in audit-key.pem: refused, naming both fingerprints.
     let other = other_key_pem();
@@ -344,6 +344,43 @@ async fn the_audit_key_is_pinned_to_the_first_start() {
     std::fs::rename(&kept_store, state.join("store")).unwrap();
     assert_eq!(entries(&d, &pem), before, "the kept store's log is untouched");
 
+    // audit-key.pem lost with the log and the token's key intact (a cluster's further node is
+    // the same case): the log's own checkpoints vouch for the token's key, pinned as it was.
+    std::fs::remove_file(&pem).unwrap();
+    d.spawn();
+    d.wait_ready(Duration::from_secs(60));
+    assert_eq!(d.terminate(), Some(0));
+    assert_eq!(std::fs::read_to_string(&pem).unwrap(), recorded, "the same key, pinned again");
+    assert!(d.log_text().contains("pinned the cluster's audit key"), "{}", d.log_text());
+    assert!(entries(&d, &pem) > before, "the start is in the log");
+    before = entries(&d, &pem);
+
+    // The file removed and the log edited (an entry's text changed, as with the disk): the log
+    // no longer vouches for any key, so nothing is pinned and the start is refused.
+    let kept_store = d.path().join("store.kept");
+    copy_dir(&state.join("store"), &kept_store);
+    {
+        let db = sled::Config::new()
+            .path(state.join("store"))
+            .segment_size(hcert_signer::store::sled::SEGMENT_SIZE)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let v = tree.get(1u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let text = String::from_utf8_lossy(&v[32..]).replacen("\"event\":\"", "\"event\":\"x", 1);
+        tree.insert(1u64.to_be_bytes(), [&v[..32], text.as_bytes()].concat()).unwrap();
+        db.flush().unwrap();
+    }
+    std::fs::rename(&pem, state.join("audit-key.pem.kept")).unwrap();
+    let (code, err) = refused_start(&d);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("does not verify under the token's audit key"), "{err}");
+    assert!(!pem.exists(), "nothing pinned from a log that does not verify");
+    std::fs::rename(state.join("audit-key.pem.kept"), &pem).unwrap();
+    std::fs::remove_dir_all(state.join("store")).unwrap();
+    std::fs::rename(&kept_store, state.join("store")).unwrap();
+    assert_eq!(entries(&d, &pem), before, "the log as it was");
+
     // The audit key deleted from the token: refused, and no new key is made.
     assert!(labels(&d, "privkey").iter().any(|l| l == "hcert-audit"));
     for kind in ["privkey", "pubkey"] {
@@ -364,6 +401,7 @@ async fn the_audit_key_is_pinned_to_the_first_start() {
     }
     assert_eq!(std::fs::read_to_string(&pem).unwrap(), recorded);
     assert_eq!(entries(&d, &pem), before, "nothing was written to the log");
+
     // The one start that made the key said so.
     assert_eq!(d.log_text().matches("first start: generated the audit key").count(), 1, "{}", d.log_text());
 }

@@ -196,18 +196,9 @@ fn join(args: &Args, first: &Path) -> Result<ExitCode> {
             first.display()
         )));
     }
-    // The first start makes the cluster's audit key and pins its public half there; a node
-    // written before would either refuse to start or, started first, make a key of its own
-    // that the first node then refuses.
+    // The audit key's public half, once a node has started (else the first node to start
+    // makes the key and the others pin it from the log's checkpoints).
     let pem = config.state_dir.join(super::serve::AUDIT_KEY_FILE);
-    if !pem.exists() {
-        return Err(Error::Config(format!(
-            "{} has not started yet: its first start makes the cluster's audit key and pins its public \
-             half in {}, which every further node needs. Start that node once, then join",
-            first.display(),
-            pem.display()
-        )));
-    }
     let dir = prepare_dir(&args.dir)?;
     let [free_a, free_b] = free_ports()?;
     let listen = args.listen.unwrap_or(free_a);
@@ -228,9 +219,10 @@ fn join(args: &Args, first: &Path) -> Result<ExitCode> {
         out.push('\n');
     }
     write_file(&dir.join("config.toml"), &out)?;
-    // The audit key's public half, pinned at the cluster's first start (see the runbook).
     std::fs::create_dir_all(&state).map_err(Error::file(&state))?;
-    std::fs::copy(&pem, state.join(super::serve::AUDIT_KEY_FILE)).map_err(Error::file(&pem))?;
+    if pem.exists() {
+        std::fs::copy(&pem, state.join(super::serve::AUDIT_KEY_FILE)).map_err(Error::file(&pem))?;
+    }
     for name in PROFILES {
         write_file(&dir.join(format!("{name}.toml")), &profile_toml(&first, name, listen))?;
     }

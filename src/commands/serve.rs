@@ -76,7 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         &hsm,
         &config.audit.key_label,
         &config.state_dir.join(AUDIT_KEY_FILE),
-        fresh,
+        &store,
     )?;
     store
         .audit_append(vec![Event::Started {
@@ -85,6 +85,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }])
         .map_err(|e| Error::Config(format!("audit log: {e}")))?;
     let keys = Arc::new(open_keys(&config, &hsm, &store)?);
+    if fresh {
+        // A checkpoint over the first start at once: a cluster's further nodes pin the audit
+        // key from the log's checkpoints (see AuditSigner::open_pinned).
+        if let Err(e) = audit.checkpoint(&store) {
+            log::error!("audit: first checkpoint failed: {e}");
+        }
+    }
     let keyring = keys.keyring().clone();
     let upload = match &config.signing.upload {
         Some(u) => {

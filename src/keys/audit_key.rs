@@ -93,6 +93,24 @@ pub enum AuditKeyError {
         /// Whether the store is empty too (a wiped state directory).
         store_empty: bool,
     },
+    /// `audit-key.pem` is absent and the store's log does not verify under the token's key.
+    #[error(
+        "the store's audit log does not verify under the token's audit key {label:?} (sha256 {hsm}) ({reason}): \
+         this node has no audit-key.pem and the key cannot be pinned from the log. Copy audit-key.pem from a node \
+         of the cluster (or the key ceremony's records) into the state directory, and run `hcert-signer audit \
+         verify`"
+    )]
+    NotVouched {
+        /// The configured label.
+        label: String,
+        /// The HSM key's fingerprint.
+        hsm: String,
+        /// Where the log and the key disagree.
+        reason: String,
+    },
+    /// The store's log could not be read.
+    #[error("audit log: {0}")]
+    Store(String),
     /// `audit-key.pem` could not be read, parsed or written.
     #[error("{}: {reason}", path.display())]
     File {
@@ -121,8 +139,9 @@ impl AuditSigner {
         hsm: &Hsm,
         label: &str,
         pem: &Path,
-        store_empty: bool,
+        store: &Store,
     ) -> Result<AuditSigner, AuditKeyError> {
+        let store_empty = store.audit_head().map_err(|e| AuditKeyError::Store(e.to_string()))?.0 == 0;
         let recorded = match std::fs::read_to_string(pem) {
             Ok(text) => {
                 Some(parse_pem(&text).map_err(|reason| AuditKeyError::File { path: pem.into(), reason })?)
@@ -163,6 +182,34 @@ impl AuditSigner {
                     });
                 }
                 Ok(s)
+            }
+            // A further node of a cluster (or a node whose file was lost) over a shared log:
+            // the log's own checkpoints vouch for the token's key. A key swapped into the token
+            // verifies none of them, so nothing is adopted that the file would have refused.
+            (Some(public), None) if !store_empty => {
+                let s = signer(public);
+                match vouched(store, &s.verifying_key()) {
+                    Ok(Some(checkpoint)) => {
+                        write_new(pem, &s.public_pem())?;
+                        log::warn!(
+                            audit_key = label, audit_key_sha256 = s.sha256.as_str();
+                            "audit: pinned the cluster's audit key {label:?} (sha256 {}) in {}: the whole log \
+                             verifies under it, through its checkpoint {checkpoint}",
+                            s.sha256,
+                            pem.display()
+                        );
+                        Ok(s)
+                    }
+                    Ok(None) => Err(AuditKeyError::PemMissing {
+                        label: label.into(),
+                        hsm: s.sha256,
+                        path: pem.into(),
+                        store_empty,
+                    }),
+                    Err(reason) => {
+                        Err(AuditKeyError::NotVouched { label: label.into(), hsm: s.sha256, reason })
+                    }
+                }
             }
             (Some(public), None) => Err(AuditKeyError::PemMissing {
                 label: label.into(),
@@ -279,6 +326,19 @@ impl AuditSigner {
         let message = checkpoint_message(covers, head);
         let sig = self.hsm.sign(&self.label, &message, &hsm::sha256(&message))?;
         Ok(B64.encode(sig))
+    }
+}
+
+/// The last checkpoint of `store`'s log when the whole log verifies under `key` (`None`: no
+/// checkpoint yet, so nothing vouches for a key); why not, when it does not.
+fn vouched(store: &Store, key: &p256::ecdsa::VerifyingKey) -> Result<Option<u64>, String> {
+    let entries = store.audit_entries(crate::audit::FIRST_SEQ).map(|r| {
+        r.map_err(|e| crate::audit::BadEntry { seq: 0, reason: format!("cannot read the store: {e}") })
+    });
+    match crate::audit::verify_chain(entries, key) {
+        Ok(summary) if summary.checkpoints > 0 => Ok(Some(summary.last_checkpoint)),
+        Ok(_) => Ok(None),
+        Err(bad) => Err(format!("entry {}: {}", bad.seq, bad.reason)),
     }
 }
 
