@@ -270,6 +270,12 @@ impl Profile {
         Ok(p)
     }
 
+    /// The profile a command was given (`--profile`, or `HCERT_PROFILE` through clap).
+    pub fn given(path: Option<&Path>) -> Result<Profile> {
+        let path = path.ok_or_else(|| Error::Config("give --profile FILE (or set HCERT_PROFILE)".into()))?;
+        Profile::load(path)
+    }
+
     /// The name the server's certificate is checked for.
     pub fn server_name(&self) -> String {
         if let Some(name) = &self.server_name {

@@ -109,10 +109,7 @@ fn verify(source: &Source, audit_key: Option<&Path>, anchor: Option<&Path>) -> R
         (entries, pinned.unwrap_or(served))
     } else {
         let (store, key_path) = open_store(source)?;
-        let entries = store
-            .audit_entries(crate::audit::FIRST_SEQ)
-            .map(|r| r.map_err(|e| BadEntry { seq: 0, reason: format!("cannot read the store: {e}") }))
-            .collect();
+        let entries = store.audit_chain().collect();
         let pem = match pinned {
             Some(p) => p,
             None => std::fs::read_to_string(&key_path).map_err(Error::file(&key_path))?,

@@ -101,9 +101,7 @@ pub enum Action {
 
 /// Runs one key operation against the appliance.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let profile_path =
-        args.profile.ok_or_else(|| Error::Config("give --profile FILE (or set HCERT_PROFILE)".into()))?;
-    let profile = Profile::load(&profile_path)?;
+    let profile = Profile::given(args.profile.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut c = profile.connect().await?;

@@ -15,8 +15,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::audit::anchor::Anchors;
-use crate::audit::{BadEntry, FIRST_SEQ, verify_chain_anchored};
+use crate::audit::verify_chain;
 use crate::config::{Config, StoreBackend};
 use crate::hsm::HsmConfig;
 use crate::store::{Store, StoreOptions};
@@ -92,7 +91,7 @@ fn copy(from_path: &Path, to_path: &Path) -> Result<ExitCode> {
 
     // The source: held against a daemon starting, read from a private copy if it is sled.
     let source = Source::open(&from, &to.state_dir)?;
-    let before = verify(&source.store, &audit_key).map_err(|e| {
+    let before = verify_chain(source.store.audit_chain(), &audit_key).map_err(|e| {
         refused(&format!("the source's audit chain does not verify ({e}): nothing was copied"))
     })?;
     let source_head = source.store.audit_head().map_err(store_error)?;
@@ -112,7 +111,7 @@ fn copy(from_path: &Path, to_path: &Path) -> Result<ExitCode> {
         crate::store::StoreError::NotEmpty(_) => refused(&e.to_string()),
         e => store_error(e),
     })?;
-    let after = verify(&target, &audit_key)
+    let after = verify_chain(target.audit_chain(), &audit_key)
         .map_err(|e| Error::Config(format!("store copy: the copied audit chain does not verify: {e}")))?;
     let target_head = target.audit_head().map_err(store_error)?;
     if target_head != source_head || after.entries != before.entries {
@@ -297,17 +296,6 @@ fn same_store(from: &Config, to: &Config) -> bool {
         (StoreBackend::Postgres, StoreBackend::Postgres) => from.store.url == to.store.url,
         _ => false,
     }
-}
-
-/// Reads the whole chain of `store` and verifies it with `key`.
-fn verify(
-    store: &Store,
-    key: &p256::ecdsa::VerifyingKey,
-) -> std::result::Result<crate::audit::Summary, BadEntry> {
-    let entries = store
-        .audit_entries(FIRST_SEQ)
-        .map(|r| r.map_err(|e| BadEntry { seq: 0, reason: format!("cannot read the store: {e}") }));
-    verify_chain_anchored(entries, key, &Anchors::default())
 }
 
 fn refused(why: &str) -> Error {

@@ -332,10 +332,7 @@ impl AuditSigner {
 /// The last checkpoint of `store`'s log when the whole log verifies under `key` (`None`: no
 /// checkpoint yet, so nothing vouches for a key); why not, when it does not.
 fn vouched(store: &Store, key: &p256::ecdsa::VerifyingKey) -> Result<Option<u64>, String> {
-    let entries = store.audit_entries(crate::audit::FIRST_SEQ).map(|r| {
-        r.map_err(|e| crate::audit::BadEntry { seq: 0, reason: format!("cannot read the store: {e}") })
-    });
-    match crate::audit::verify_chain(entries, key) {
+    match crate::audit::verify_chain(store.audit_chain(), key) {
         Ok(summary) if summary.checkpoints > 0 => Ok(Some(summary.last_checkpoint)),
         Ok(_) => Ok(None),
         Err(bad) => Err(format!("entry {}: {}", bad.seq, bad.reason)),

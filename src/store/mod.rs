@@ -161,6 +161,14 @@ impl Store {
         self.backend.audit_append_at_head(&mut |last, hash, checkpoint| make.take()?(last, hash, checkpoint))
     }
 
+    /// The whole audit log as `audit verify` reads it ([`crate::audit::verify_chain`]'s input):
+    /// a read failure is a bad entry.
+    pub fn audit_chain(&self) -> impl Iterator<Item = Result<RawEntry, crate::audit::BadEntry>> + use<> {
+        self.backend.audit_entries(crate::audit::FIRST_SEQ).map(|r| {
+            r.map_err(|e| crate::audit::BadEntry { seq: 0, reason: format!("cannot read the store: {e}") })
+        })
+    }
+
     /// Flushes and drops this handle (the backend closes when the last clone is gone).
     pub fn close(self) -> Result<(), StoreError> {
         self.backend.flush()

@@ -67,9 +67,7 @@ pub enum Action {
 
 /// Runs one batch operation.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let profile_path =
-        args.profile.ok_or_else(|| Error::Config("give --profile FILE (or set HCERT_PROFILE)".into()))?;
-    let profile = Profile::load(&profile_path)?;
+    let profile = Profile::given(args.profile.as_deref())?;
     if let Action::Submit(options) = args.action {
         return submit::run(profile, options);
     }
