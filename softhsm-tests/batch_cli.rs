@@ -88,9 +88,7 @@ fn signatures(d: &Daemon) -> u64 {
 
 #[test]
 fn a_file_of_25000_records_is_signed_in_three_batches_with_a_correct_rejection_report() {
-    let mut d = Daemon::init();
-    d.spawn();
-    d.wait_ready(Duration::from_secs(60));
+    let d = Daemon::start();
     let work = tempfile::tempdir().expect("tempdir");
     let file = write_file(work.path(), "city-", 25_000, 17, 20_001, 12_345);
     let out = batch(&d, &["submit".as_ref(), file.as_os_str()]);
@@ -132,9 +130,7 @@ fn a_file_of_25000_records_is_signed_in_three_batches_with_a_correct_rejection_r
 
 #[test]
 fn a_submit_killed_halfway_and_rerun_signs_nothing_twice() {
-    let mut d = Daemon::init();
-    d.spawn();
-    d.wait_ready(Duration::from_secs(60));
+    let mut d = Daemon::start();
     let work = tempfile::tempdir().expect("tempdir");
     // Large enough that the command is still running when the test sees 3,000 signatures.
     let file = write_file(work.path(), "k-", 15_000, 5, 14_000, 3_000);
@@ -236,9 +232,7 @@ fn a_rate_limit_is_waited_out() {
 
 #[test]
 fn status_results_and_delete_work_and_a_bad_file_is_a_configuration_error() {
-    let mut d = Daemon::init();
-    d.spawn();
-    d.wait_ready(Duration::from_secs(60));
+    let d = Daemon::start();
     let work = tempfile::tempdir().expect("tempdir");
 
     // A small file, all good, with QR codes: exit 0.

@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use cluster::Cluster;
 use daemon::{Rng, records, seed, verify_all};
 use hcert_signer::client::{ApiClient, Reply};
-use hcert_signer::pki::dev::DevCa;
 use http::Method;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 fn lines(body: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(body).lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect()
@@ -326,20 +324,7 @@ async fn two_officers_rotate_the_dsc_through_two_nodes_and_every_node_signs_with
     assert_eq!(created["state"], "generated");
     let csr = o1.post("/v1/keys/dsc-2/csr", &json!({"subject": "C=VN,O=MoH,CN=DSC 2"})).await.unwrap();
     assert_eq!(csr.status, 200, "{}", text(&csr));
-    let csca = {
-        let node1 = c.node(1);
-        let read = |f: &str| std::fs::read_to_string(node1.path().join(f)).expect(f);
-        DevCa::load(&read("csca.pem"), &read("csca.key")).expect("CSCA")
-    };
-    let now = OffsetDateTime::now_utc();
-    let pem = csca
-        .certify_dsc(
-            std::str::from_utf8(&csr.body).unwrap(),
-            now - time::Duration::hours(1),
-            now + time::Duration::days(730),
-            None,
-        )
-        .unwrap();
+    let pem = c.node(1).certify_csr(&csr.body);
     let imported = o1
         .request_typed(Method::PUT, "/v1/keys/dsc-2/certificate", "application/x-pem-file", pem.into_bytes())
         .await

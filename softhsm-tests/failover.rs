@@ -308,6 +308,12 @@ async fn nothing_released_or_accepted(nodes: [&Daemon; 2], load: &Load, accepted
     assert_eq!(load.accepted(), accepted, "a 202 {when}");
 }
 
+/// The issuer's batch `id` as node `d` reports it.
+async fn batch_status(d: &Daemon, id: &str) -> Value {
+    let mut c = d.client("issuer").await;
+    c.get(&format!("/v1/batches/{id}")).await.unwrap().json().unwrap()
+}
+
 /// Signatures the node released so far (`hcert_signatures_total`, all kids).
 async fn signatures_metric(d: &Daemon) -> u64 {
     let ops = d.ops;
@@ -370,8 +376,7 @@ async fn the_primary_killed_under_load_fails_over_to_the_standby_and_every_accep
 
     // Work in flight when the primary dies: a large batch accepted and not yet signed.
     let last = load.backlog(&n2, &n1).await;
-    let mut c = n1.client("issuer").await;
-    let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
+    let before = batch_status(&n1, &last).await;
     let accepted_before_kill = load.accepted();
     on_cluster(&cluster, "kill -9 the primary", ScratchCluster::kill9_primary).await;
     println!("primary killed with {accepted_before_kill} batches accepted; the last one then: {before}");
@@ -413,8 +418,7 @@ async fn a_stopped_or_crashed_database_pauses_the_cluster_and_it_resumes_by_itse
     let load = Load::start([&n1, &n2]);
     load.until_accepted(6).await;
     let last = load.backlog(&n2, &n1).await;
-    let mut c = n1.client("issuer").await;
-    let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
+    let before = batch_status(&n1, &last).await;
     on_cluster(&cluster, "stop PostgreSQL", ScratchCluster::stop).await;
     let accepted_before_stop = load.accepted();
     println!("PostgreSQL stopped with {accepted_before_stop} batches accepted; the last one then: {before}");
@@ -490,8 +494,7 @@ async fn a_lost_synchronous_standby_stalls_writes_and_all_resumes_when_it_is_bac
     let load = Load::start([&n1, &n2]);
     load.until_accepted(4).await;
     let last = load.backlog(&n2, &n1).await;
-    let mut c = n1.client("issuer").await;
-    let before: Value = c.get(&format!("/v1/batches/{last}")).await.unwrap().json().unwrap();
+    let before = batch_status(&n1, &last).await;
     // The primary stays up, but no COMMIT returns until the standby has it.
     on_cluster(&cluster, "stop the standby", ScratchCluster::stop_standby).await;
     println!("standby stopped; the last batch then: {before}");

@@ -11,17 +11,11 @@ use std::time::Duration;
 use daemon::{Daemon, ops_get, records, verify_all, wait_done};
 use hcert_signer::client::ApiClient;
 use hcert_signer::pki::Dsc;
-use hcert_signer::pki::dev::DevCa;
 use http::Method;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 /// The development CSCA dev-init made (the test plays the country's CSCA).
-fn csca(d: &Daemon) -> DevCa {
-    let read = |f: &str| std::fs::read_to_string(d.path().join(f)).expect(f);
-    DevCa::load(&read("csca.pem"), &read("csca.key")).expect("CSCA")
-}
-
 async fn ok(reply: hcert_signer::client::Reply, what: &str) -> Value {
     assert!(reply.status.is_success(), "{what}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
     reply.json().unwrap_or(Value::Null)
@@ -47,7 +41,7 @@ async fn certify(
     assert_eq!(csr.status, 200, "{}", String::from_utf8_lossy(&csr.body));
     assert_eq!(csr.headers["content-type"], "application/pkcs10");
     let csr = String::from_utf8(csr.body.to_vec()).unwrap();
-    let pem = csca(d).certify_dsc(&csr, not_before, not_after, None).expect("certify");
+    let pem = d.csca().certify_dsc(&csr, not_before, not_after, None).expect("certify");
     let path = match usage_days {
         Some(n) => format!("/v1/keys/{label}/certificate?usage_days={n}"),
         None => format!("/v1/keys/{label}/certificate"),
@@ -242,7 +236,8 @@ async fn admin_refusals() {
     }
     let csr4 = o1.post("/v1/keys/dsc-4/csr", &json!({"subject": "C=VN,O=MoH,CN=DSC 4"})).await.unwrap();
     let now = OffsetDateTime::now_utc();
-    let cert4 = csca(&d)
+    let cert4 = d
+        .csca()
         .certify_dsc(
             std::str::from_utf8(&csr4.body).unwrap(),
             now - time::Duration::hours(1),
@@ -392,7 +387,8 @@ async fn keys_with_different_ekus_are_active_together() {
     // A DSC for test certificates only (EKU 1.3.6.1.4.1.1847.2021.1.1), activated later.
     o1.post("/v1/keys", &json!({"label": "tests-only"})).await.unwrap();
     let csr = o1.post("/v1/keys/tests-only/csr", &json!({"subject": "C=VN,O=MoH,CN=DSC T"})).await.unwrap();
-    let pem = csca(&d)
+    let pem = d
+        .csca()
         .certify_dsc(
             std::str::from_utf8(&csr.body).unwrap(),
             now - time::Duration::hours(1),

@@ -14,12 +14,10 @@ use std::time::Duration;
 
 use daemon::{BIN, Daemon, TestStore, audit_verify, copy_dir, records, wait_done};
 use hcert_signer::client::ApiClient;
-use hcert_signer::pki::dev::DevCa;
 use hcert_signer::store::postgres::ScratchCluster;
 use http::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 /// SHA-256 of every file under `dir`, by path.
 fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
@@ -105,17 +103,7 @@ async fn half_approved_rotation(d: &Daemon, o1: &mut ApiClient, label: &str) {
         .await
         .unwrap();
     assert_eq!(csr.status, 200, "{}", String::from_utf8_lossy(&csr.body));
-    let read = |f: &str| std::fs::read_to_string(d.path().join(f)).expect(f);
-    let csca = DevCa::load(&read("csca.pem"), &read("csca.key")).expect("CSCA");
-    let now = OffsetDateTime::now_utc();
-    let pem = csca
-        .certify_dsc(
-            std::str::from_utf8(&csr.body).unwrap(),
-            now - time::Duration::hours(1),
-            now + time::Duration::days(730),
-            None,
-        )
-        .expect("certify");
+    let pem = d.certify_csr(&csr.body);
     let path = format!("/v1/keys/{label}/certificate");
     ok(
         o1.request_typed(Method::PUT, &path, "application/x-pem-file", pem.into_bytes()).await.unwrap(),

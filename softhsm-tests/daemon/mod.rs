@@ -501,6 +501,23 @@ pub fn audit_verify(args: &[&std::ffi::OsStr]) -> (bool, Value, String) {
 }
 
 impl Daemon {
+    /// dev-init's CSCA (its certificate and key in the directory), as the country's CSCA would
+    /// certify what it is given.
+    pub fn csca(&self) -> hcert_signer::pki::dev::DevCa {
+        let read = |f: &str| std::fs::read_to_string(self.path().join(f)).expect(f);
+        hcert_signer::pki::dev::DevCa::load(&read("csca.pem"), &read("csca.key")).expect("CSCA")
+    }
+
+    /// A DSC for the key of `csr` (PEM), certified by [`Daemon::csca`] from an hour ago for two
+    /// years.
+    pub fn certify_csr(&self, csr: &[u8]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let csr = std::str::from_utf8(csr).expect("a PEM CSR");
+        self.csca()
+            .certify_dsc(csr, now - time::Duration::hours(1), now + time::Duration::days(730), None)
+            .expect("certify")
+    }
+
     /// The signatures the stopped daemon's audit log holds; asserts the chain verifies.
     pub fn audited_signatures(&self) -> u64 {
         let config = self.path().join("config.toml");
