@@ -153,19 +153,25 @@ pub struct AddressRange {
 }
 
 impl AddressRange {
-    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address) is in the range.
+    /// Whether `ip` is in the range. Both sides are compared as IPv6, IPv4 as its mapped form
+    /// (`::ffff:a.b.c.d`), so `10.0.0.0/8` and `::ffff:10.0.0.0/104` are the same range and
+    /// each contains `10.1.2.3` however the socket reports it.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, ip.to_canonical()) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.wide_prefix())).unwrap_or(0);
+        wide(self.net) & mask == wide(ip) & mask
+    }
+
+    /// The prefix length in the IPv6 form of the range.
+    fn wide_prefix(&self) -> u8 {
+        if self.net.is_ipv4() { self.prefix + 96 } else { self.prefix }
+    }
+}
+
+/// An address as the 128 bits of its IPv6 form (IPv4 mapped).
+fn wide(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
@@ -198,14 +204,8 @@ impl FromStr for AddressRange {
 
 impl AddressRange {
     fn host_bits_set(&self) -> bool {
-        match self.net {
-            IpAddr::V4(n) => {
-                u32::from(n) & !u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0) != 0
-            }
-            IpAddr::V6(n) => {
-                u128::from(n) & !u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0) != 0
-            }
-        }
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.wide_prefix())).unwrap_or(0);
+        wide(self.net) & !mask != 0
     }
 }
 
@@ -340,6 +340,14 @@ mod tests {
         assert!(r("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
         assert!(r("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
         assert!(!r("fd00::/8").unwrap().contains("10.0.0.1".parse().unwrap()));
+        // A range written in the IPv4-mapped form holds the IPv4 addresses it maps (found by
+        // the proxy_header fuzz target: `::ffff:ff:f` did not contain itself).
+        let mapped = r("::ffff:10.0.0.0/104").unwrap();
+        assert!(
+            mapped.contains("10.9.9.9".parse().unwrap()) && !mapped.contains("11.0.0.1".parse().unwrap())
+        );
+        assert!(r("::ffff:ff:f").unwrap().contains("::ffff:ff:f".parse().unwrap()));
+        assert!(r("::/0").unwrap().contains("192.0.2.1".parse().unwrap()), "everything");
         for bad in ["10.0.0.1/8", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/+8", "host", "10.0.0", "::1/129", ""]
         {
             assert!(r(bad).is_err(), "{bad}");
