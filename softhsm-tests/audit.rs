@@ -132,6 +132,46 @@ fn on_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().unwrap())
 }
 
+/// The content `openssl cms -verify` finds in a CMS SignedData (signature checked, chain not
+/// built), exactly as signed (`-binary`: no line-ending translation).
+fn openssl_cms_content(dir: &Path, der: &[u8]) -> Vec<u8> {
+    let input = dir.join("upload.cms.der");
+    std::fs::write(&input, der).unwrap();
+    let out = Command::new("openssl")
+        .args(["cms", "-verify", "-noverify", "-binary", "-inform", "DER", "-in"])
+        .arg(&input)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A batch holds to the EU gateway's `RevocationBatchDto` field list: `country` (2 letters),
+/// `expires`, `kid` (11–12 characters), `hashType`, `entries` (1–1,000 of `{hash}`, 24
+/// characters of base64), and nothing else.
+fn gateway_dto(batch: &Value) {
+    let fields: Vec<&str> = batch.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut sorted = fields.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["country", "entries", "expires", "hashType", "kid"], "{batch}");
+    assert_eq!(batch["country"].as_str().unwrap().len(), 2);
+    assert!(
+        time::OffsetDateTime::parse(
+            batch["expires"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok()
+    );
+    assert!((11..=12).contains(&batch["kid"].as_str().unwrap().len()), "{batch}");
+    assert!(["UCI", "SIGNATURE", "COUNTRYCODEUCI"].contains(&batch["hashType"].as_str().unwrap()));
+    let entries = batch["entries"].as_array().unwrap();
+    assert!((1..=1000).contains(&entries.len()));
+    for e in entries {
+        assert_eq!(e.as_object().unwrap().len(), 1, "{e}");
+        assert_eq!(B64.decode(e["hash"].as_str().unwrap()).unwrap().len(), 16, "{e}");
+    }
+}
+
 /// The `revocation-NNN.json` files of an export folder, in order.
 fn read_batches(dir: &Path) -> Vec<Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -171,16 +211,16 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
         .unwrap();
     assert!(rev.status.success(), "{}", String::from_utf8_lossy(&rev.stderr));
     let api_batches = read_batches(&api_out);
-    assert_eq!(api_batches.len(), 2, "600 UCI and 600 SIGNATURE hashes fit in one batch each");
+    assert_eq!(api_batches.len(), 3, "600 UCI, 600 SIGNATURE and 600 COUNTRYCODEUCI hashes: one batch each");
     for (i, batch) in api_batches.iter().enumerate() {
-        let cms = api_out.join(format!("revocation-{:03}.cms", i + 1));
-        let content = Command::new("openssl")
-            .args(["cms", "-verify", "-noverify", "-inform", "DER", "-in"])
-            .arg(&cms)
-            .output()
-            .expect("openssl");
-        assert!(content.status.success(), "{}", String::from_utf8_lossy(&content.stderr));
-        assert_eq!(&serde_json::from_slice::<Value>(&content.stdout).unwrap(), batch);
+        // The gateway's upload body: the CMS in base64, whose content is the .json file itself.
+        let cms = std::fs::read_to_string(api_out.join(format!("revocation-{:03}.cms", i + 1))).unwrap();
+        let der = B64.decode(cms.trim_end()).expect("the .cms file is base64 (application/cms)");
+        let signed = openssl_cms_content(d.path(), &der);
+        let file = std::fs::read(api_out.join(format!("revocation-{:03}.json", i + 1))).unwrap();
+        assert_eq!(signed, file, "revocation-{:03}.json is the signed content, byte for byte", i + 1);
+        assert_eq!(&serde_json::from_slice::<Value>(&signed).unwrap(), batch);
+        gateway_dto(batch);
     }
     assert_eq!(d.terminate(), Some(0));
 
@@ -240,8 +280,9 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
     assert!(report["summary"]["unanchored"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(chain.entries(), original, "every edit was made on a copy, or undone");
 
-    // Revocation export for the batch: one UCI and one SIGNATURE hash per certificate, which
-    // are the first 128 bits of SHA-256 over the UVCI and over r.
+    // Revocation export for the batch: one UCI, one SIGNATURE and one COUNTRYCODEUCI hash per
+    // certificate, which are the first 128 bits of SHA-256 over the UVCI, over r, and over the
+    // country code followed by the UVCI.
     let out = d.path().join("revocation");
     let rev = Command::new(BIN)
         .args(["audit", "revocation", "--config"])
@@ -251,23 +292,43 @@ async fn audit_verify_passes_then_names_the_first_tampered_entry() {
         .output()
         .unwrap();
     assert!(rev.status.success(), "{}", String::from_utf8_lossy(&rev.stderr));
-    let mut uci = std::collections::HashSet::new();
-    let mut sig = std::collections::HashSet::new();
+    let mut hashes: BTreeMap<String, std::collections::HashSet<String>> = BTreeMap::new();
     let offline = read_batches(&out);
     assert_eq!(offline, api_batches, "offline and online exports agree");
+    for i in 1..=offline.len() {
+        let name = format!("revocation-{i:03}.json");
+        let bytes = |dir: &Path| std::fs::read(dir.join(&name)).unwrap();
+        assert_eq!(bytes(&out), bytes(&api_out), "{name}: the same bytes offline and online");
+    }
     for b in &offline {
         assert_eq!(b["country"], "VN");
-        let entries = b["entries"].as_array().unwrap();
-        assert!(entries.len() <= 1000 && !entries.is_empty());
-        let set = if b["hashType"] == "UCI" { &mut uci } else { &mut sig };
-        set.extend(entries.iter().map(|e| e["hash"].as_str().unwrap().to_owned()));
+        gateway_dto(b);
+        let set = hashes.entry(b["hashType"].as_str().unwrap().to_owned()).or_default();
+        set.extend(b["entries"].as_array().unwrap().iter().map(|e| e["hash"].as_str().unwrap().to_owned()));
     }
-    assert_eq!((uci.len(), sig.len()), (600, 600));
+    let counts: Vec<(&str, usize)> = hashes.iter().map(|(t, s)| (t.as_str(), s.len())).collect();
+    assert_eq!(counts, [("COUNTRYCODEUCI", 600), ("SIGNATURE", 600), ("UCI", 600)]);
     for l in &lines {
         let h = |data: &[u8]| B64.encode(&Sha256::digest(data)[..16]);
-        assert!(uci.contains(&h(l["uvci"].as_str().unwrap().as_bytes())));
+        let uvci = l["uvci"].as_str().unwrap();
+        assert!(hashes["UCI"].contains(&h(uvci.as_bytes())));
+        assert!(hashes["COUNTRYCODEUCI"].contains(&h(format!("VN{uvci}").as_bytes())));
         let cose = hcert_signer::hcert::transport::decode(l["hc1"].as_str().unwrap()).unwrap();
         let parsed = hcert_signer::hcert::cose::parse(&cose).unwrap();
-        assert!(sig.contains(&h(&parsed.signature[..32])), "SIGNATURE hash is over r");
+        assert!(hashes["SIGNATURE"].contains(&h(&parsed.signature[..32])), "SIGNATURE hash is over r");
     }
+
+    // One hash type asked for: only its batches.
+    let only = d.path().join("revocation-ccuci");
+    let rev = Command::new(BIN)
+        .args(["audit", "revocation", "--config"])
+        .arg(&config)
+        .args(["--batch", &id, "--hash-type", "COUNTRYCODEUCI", "--out"])
+        .arg(&only)
+        .output()
+        .unwrap();
+    assert!(rev.status.success(), "{}", String::from_utf8_lossy(&rev.stderr));
+    let only = read_batches(&only);
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["hashType"], "COUNTRYCODEUCI");
 }

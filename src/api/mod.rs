@@ -355,7 +355,12 @@ where
             routes::key_retire::handle(&state, &client, label).await
         }
         (&Method::POST, ["v1", "keys", label, "upload"]) => {
-            routes::key_upload::handle(&state, &client, label).await
+            let bare = req.headers().get_all(header::ACCEPT).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',').any(|m| m.split(';').next().unwrap_or("").trim() == routes::key_upload::CMS)
+                })
+            });
+            routes::key_upload::handle(&state, &client, label, bare).await
         }
         (&Method::GET, ["v1", "cscas"]) => routes::cscas::list(&state).await,
         (&Method::POST, ["v1", "cscas"]) => routes::cscas::add(&state, &client, req).await,

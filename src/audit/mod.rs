@@ -57,6 +57,11 @@ pub struct SignedRecord {
     /// First 128 bits of SHA-256 over the signature — for ES256 over `r` only (the EU revocation
     /// "SIGNATURE" hash), base64.
     pub sig_hash: String,
+    /// First 128 bits of SHA-256 over the issuing country (the CWT `iss`) followed by the UVCI
+    /// (the EU revocation "COUNTRYCODEUCI" hash), base64. Empty in entries written before it was
+    /// recorded: those certificates are revoked by their other two hashes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cc_uci_hash: String,
     /// The signing DSC's kid, base64.
     pub kid: String,
     /// The certificate's expiry, Unix seconds (revocation entries are kept until then).
@@ -64,12 +69,21 @@ pub struct SignedRecord {
 }
 
 impl SignedRecord {
-    /// The facts of one signature: `signature` is the raw COSE signature (`r‖s` for ES256).
-    pub fn new(r#ref: &str, uvci: &str, signature: &[u8], kid_b64: &str, exp: i64) -> SignedRecord {
+    /// The facts of one signature: `signature` is the raw COSE signature (`r‖s` for ES256),
+    /// `country` the certificate's issuing country (its CWT `iss`).
+    pub fn new(
+        r#ref: &str,
+        country: &str,
+        uvci: &str,
+        signature: &[u8],
+        kid_b64: &str,
+        exp: i64,
+    ) -> SignedRecord {
         SignedRecord {
             ref_hash: B64.encode(hash128(r#ref.as_bytes())),
             uci_hash: B64.encode(hash128(uvci.as_bytes())),
             sig_hash: B64.encode(signature_hash(signature)),
+            cc_uci_hash: B64.encode(hash128(format!("{country}{uvci}").as_bytes())),
             kid: kid_b64.to_owned(),
             exp,
         }
@@ -80,7 +94,8 @@ impl SignedRecord {
     pub fn from_hc1(r#ref: &str, uvci: &str, hc1: &str, kid_b64: &str, exp: i64) -> Option<SignedRecord> {
         let cose = crate::hcert::transport::decode(hc1).ok()?;
         let parsed = crate::hcert::cose::parse(&cose).ok()?;
-        Some(SignedRecord::new(r#ref, uvci, &parsed.signature, kid_b64, exp))
+        let country = crate::hcert::cwt::decode(&parsed.payload).ok()?.iss?;
+        Some(SignedRecord::new(r#ref, &country, uvci, &parsed.signature, kid_b64, exp))
     }
 }
 
@@ -346,7 +361,7 @@ mod tests {
                 Event::Signed {
                     batch: "b".into(),
                     client: "issuer".into(),
-                    records: vec![SignedRecord::new("r", "URN:UVCI:01:VN:X", &[1; 64], "a2lk", 9)],
+                    records: vec![SignedRecord::new("r", "VN", "URN:UVCI:01:VN:X", &[1; 64], "a2lk", 9)],
                 }
             };
             let (stored, hash) = Entry { seq, time: 100, event }.seal(&prev);

@@ -1,22 +1,24 @@
 //! Revocation export: the signatures an officer revokes, as EU gateway revocation batches
 //! (`{"country","expires","kid","hashType","entries":[{"hash"}]}`, at most 1,000 entries each).
 //!
-//! The entries come from the audit log, which holds for every signature its UCI hash and its
-//! signature hash (SHA-256 over `r` for ES256), both already truncated to the 128 bits the
-//! gateway takes. Each batch has one kid and one hash type; its `expires` is the latest expiry of
-//! the certificates it covers, after which verifiers may drop it.
+//! The entries come from the audit log, which holds for every signature its UCI hash, its
+//! COUNTRYCODEUCI hash (issuing country then UVCI) and its signature hash (SHA-256 over `r` for
+//! ES256), each already truncated to the 128 bits the gateway takes. Each batch has one kid and
+//! one hash type; its `expires` is the latest expiry of the certificates it covers, after which
+//! verifiers may drop it. A batch's JSON is made once ([`RevocationBatch::content`]): the same
+//! bytes are CMS-signed and written to its `.json` file, so the file equals the signed content.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Entry, Event, SignedRecord, rfc3339};
 
 /// Most entries the gateway takes in one batch.
 pub const MAX_ENTRIES: usize = 1000;
 
-/// The hash types exported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// The hash types of the gateway's revocation batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum HashType {
     /// SHA-256 over the UVCI.
     #[serde(rename = "UCI")]
@@ -24,6 +26,44 @@ pub enum HashType {
     /// SHA-256 over the signature (`r` for ES256).
     #[serde(rename = "SIGNATURE")]
     Signature,
+    /// SHA-256 over the issuing country code followed by the UVCI.
+    #[serde(rename = "COUNTRYCODEUCI")]
+    CountryCodeUci,
+}
+
+impl HashType {
+    /// Every type, the default selection: a verifier may check any one of them.
+    pub const ALL: [HashType; 3] = [HashType::Uci, HashType::Signature, HashType::CountryCodeUci];
+
+    /// The gateway's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashType::Uci => "UCI",
+            HashType::Signature => "SIGNATURE",
+            HashType::CountryCodeUci => "COUNTRYCODEUCI",
+        }
+    }
+
+    /// The record's hash of this type; `None` for a COUNTRYCODEUCI hash an older entry lacks.
+    fn of(self, r: &SignedRecord) -> Option<&str> {
+        let hash = match self {
+            HashType::Uci => &r.uci_hash,
+            HashType::Signature => &r.sig_hash,
+            HashType::CountryCodeUci => &r.cc_uci_hash,
+        };
+        (!hash.is_empty()).then_some(hash.as_str())
+    }
+}
+
+impl std::str::FromStr for HashType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        HashType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("{s:?} is not a hash type (UCI, SIGNATURE or COUNTRYCODEUCI)"))
+    }
 }
 
 /// One hash to revoke.
@@ -47,6 +87,14 @@ pub struct RevocationBatch {
     pub hash_type: HashType,
     /// The hashes, at most [`MAX_ENTRIES`].
     pub entries: Vec<RevocationEntry>,
+}
+
+impl RevocationBatch {
+    /// The batch's JSON as the gateway receives it: the content its CMS signature covers, and
+    /// the exact bytes of its `.json` file (never serialised a second time).
+    pub fn content(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a revocation batch serialises")
+    }
 }
 
 /// Which signatures to revoke.
@@ -107,10 +155,7 @@ pub fn batches<'a>(
     let mut groups: BTreeMap<(&str, HashType), BTreeMap<&str, i64>> = BTreeMap::new();
     for r in records.into_iter().filter(|r| r.exp > now) {
         for &t in types.iter().collect::<BTreeSet<_>>() {
-            let hash = match t {
-                HashType::Uci => r.uci_hash.as_str(),
-                HashType::Signature => r.sig_hash.as_str(),
-            };
+            let Some(hash) = t.of(r) else { continue };
             let exp = groups.entry((r.kid.as_str(), t)).or_default().entry(hash).or_insert(r.exp);
             *exp = (*exp).max(r.exp);
         }
@@ -137,7 +182,7 @@ mod tests {
     use super::*;
 
     fn rec(i: u32, kid: &str, exp: i64) -> SignedRecord {
-        SignedRecord::new(&format!("r{i}"), &format!("URN:UVCI:01:VN:{i}"), &[i as u8; 64], kid, exp)
+        SignedRecord::new(&format!("r{i}"), "VN", &format!("URN:UVCI:01:VN:{i}"), &[i as u8; 64], kid, exp)
     }
 
     #[test]
@@ -165,5 +210,35 @@ mod tests {
         assert_eq!(json["country"], "VN");
         assert_eq!(json["expires"], "2036-07-18T13:20:00Z");
         assert_eq!(json["entries"][0]["hash"].as_str().unwrap().len(), 24);
+    }
+
+    #[test]
+    fn country_code_uci_is_over_the_country_then_the_uvci() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let r = rec(7, "a2lkMQ==", 2_000_000_000);
+        let full = sha2::Sha256::digest(b"VNURN:UVCI:01:VN:7");
+        assert_eq!(r.cc_uci_hash, base64::engine::general_purpose::STANDARD.encode(&full[..16]));
+        // An entry recorded before the hash was kept: revoked by UCI and SIGNATURE only.
+        let old = SignedRecord { cc_uci_hash: String::new(), ..rec(8, "a2lkMQ==", 2_000_000_000) };
+        let out = batches("VN", [&r, &old], &HashType::ALL, 1_000_000_000);
+        let counts: Vec<(HashType, usize)> = out.iter().map(|b| (b.hash_type, b.entries.len())).collect();
+        assert_eq!(counts, [(HashType::Uci, 2), (HashType::Signature, 2), (HashType::CountryCodeUci, 1)]);
+        assert_eq!(out[2].entries[0].hash, r.cc_uci_hash);
+    }
+
+    #[test]
+    fn content_is_the_gateway_dto_in_its_field_order() {
+        let out = batches("VN", &[rec(1, "a2lkMQ==", 2_000_000_000)], &[HashType::CountryCodeUci], 0);
+        let text = String::from_utf8(out[0].content()).unwrap();
+        assert!(
+            text.starts_with(r#"{"country":"VN","expires":"2033-05-18T03:33:20Z","kid":"a2lkMQ==","hashType":"COUNTRYCODEUCI","entries":[{"hash":""#),
+            "{text}"
+        );
+        for t in HashType::ALL {
+            assert_eq!(t.name().parse::<HashType>(), Ok(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.name());
+        }
+        assert!("uci".parse::<HashType>().unwrap_err().contains("UCI, SIGNATURE or COUNTRYCODEUCI"));
     }
 }

@@ -62,9 +62,11 @@ pub enum Action {
         #[arg(long, value_name = "FILE")]
         anchor: Option<PathBuf>,
     },
-    /// Write revocation batches (EU gateway format, at most 1,000 entries, UCI and SIGNATURE
-    /// hashes) for the certificates named by UVCI or by batch; from a running appliance
-    /// (--profile) each batch also comes CMS-signed by the upload key (`.cms`).
+    /// Write revocation batches (EU gateway format, at most 1,000 entries; UCI, SIGNATURE and
+    /// COUNTRYCODEUCI hashes) for the certificates named by UVCI or by batch; from a running
+    /// appliance (--profile) each batch also comes CMS-signed by the upload key (`.cms`: the
+    /// base64 body of the gateway's upload, `application/cms`, whose content is the `.json` file
+    /// byte for byte).
     Revocation {
         /// Where the log is.
         #[command(flatten)]
@@ -78,6 +80,10 @@ pub enum Action {
         /// The issuing country (offline; a running appliance uses its own).
         #[arg(long, default_value = "VN")]
         country: String,
+        /// Export only this hash type (repeatable): UCI, SIGNATURE or COUNTRYCODEUCI. Default:
+        /// all three.
+        #[arg(long = "hash-type", value_name = "TYPE")]
+        hash_types: Vec<HashType>,
         /// Folder to write `revocation-NNN.json` into.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -90,8 +96,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Action::Verify { source, audit_key, anchor } => {
             verify(&source, audit_key.as_deref(), anchor.as_deref())
         }
-        Action::Revocation { source, uvci_file, batch, country, out } => {
-            revocation(&source, uvci_file.as_deref(), batch.as_deref(), &country, &out)
+        Action::Revocation { source, uvci_file, batch, country, hash_types, out } => {
+            let types = if hash_types.is_empty() { HashType::ALL.to_vec() } else { hash_types };
+            revocation(&source, uvci_file.as_deref(), batch.as_deref(), &country, &types, &out)
         }
     }
 }
@@ -231,6 +238,7 @@ fn revocation(
     uvci_file: Option<&Path>,
     batch: Option<&str>,
     country: &str,
+    types: &[HashType],
     out: &Path,
 ) -> Result<ExitCode> {
     let selection = match (uvci_file, batch) {
@@ -246,11 +254,13 @@ fn revocation(
         (None, Some(id)) => Selection::Batch(id.to_owned()),
         (None, None) => return Err(Error::Config("give --uvci-file or --batch".into())),
     };
-    let batches: Vec<serde_json::Value> = if let Some(profile) = &source.profile {
-        let body = match &selection {
+    // Each batch as (its JSON, exactly as signed; its entries; its CMS upload body, base64).
+    let batches: Vec<(Vec<u8>, usize, Option<String>)> = if let Some(profile) = &source.profile {
+        let mut body = match &selection {
             Selection::Uvcis(u) => serde_json::json!({ "uvcis": u }),
             Selection::Batch(b) => serde_json::json!({ "batch": b }),
         };
+        body["hash_types"] = serde_json::json!(types);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let reply = runtime.block_on(async {
             let mut c = Profile::load(profile)?.connect().await?;
@@ -259,26 +269,34 @@ fn revocation(
         if !reply.status.is_success() {
             return Err(super::keys::refused(&reply));
         }
-        reply.json()?["batches"].as_array().cloned().unwrap_or_default()
+        let reply = reply.json()?;
+        let mut batches = Vec::new();
+        for b in reply["batches"].as_array().into_iter().flatten() {
+            let content = b["content"].as_str().ok_or_else(|| {
+                Error::Io(std::io::Error::other("a revocation batch in the reply carries no content"))
+            })?;
+            let entries = b["batch"]["entries"].as_array().map_or(0, Vec::len);
+            batches.push((content.as_bytes().to_vec(), entries, b["cms"].as_str().map(str::to_owned)));
+        }
+        batches
     } else {
         let (store, _) = open_store(source)?;
         let picked = selection
             .pick(store.audit_entries(crate::audit::FIRST_SEQ).map(|r| r.map_err(|e| e.to_string())))
             .map_err(Error::Config)?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        revocation::batches(country, &picked, &[HashType::Uci, HashType::Signature], now)
+        revocation::batches(country, &picked, types, now)
             .into_iter()
-            .map(|b| serde_json::json!({ "batch": b }))
+            .map(|b| (b.content(), b.entries.len(), None))
             .collect()
     };
     std::fs::create_dir_all(out).map_err(Error::file(out))?;
     let mut entries = 0;
-    for (i, b) in batches.iter().enumerate() {
+    for (i, (content, count, cms)) in batches.iter().enumerate() {
         let path = out.join(format!("revocation-{:03}.json", i + 1));
-        entries += b["batch"]["entries"].as_array().map_or(0, Vec::len);
-        let json = serde_json::to_string_pretty(&b["batch"]).unwrap_or_default();
-        std::fs::write(&path, json).map_err(Error::file(&path))?;
-        if let Some(cms) = b["cms"].as_str().and_then(|c| B64.decode(c).ok()) {
+        entries += count;
+        std::fs::write(&path, content).map_err(Error::file(&path))?;
+        if let Some(cms) = cms {
             let path = out.join(format!("revocation-{:03}.cms", i + 1));
             std::fs::write(&path, cms).map_err(Error::file(&path))?;
         }

@@ -35,7 +35,8 @@ pub enum Action {
         #[arg(long)]
         label: String,
     },
-    /// Get a PKCS#10 CSR for the key, signed inside the HSM, to send to the CSCA.
+    /// Get a PKCS#10 CSR for the key, signed inside the HSM, to send to the CSCA (a DSC not yet
+    /// active, or the gateway upload key of `[signing.upload]`).
     Csr {
         /// The key's label.
         #[arg(long)]
@@ -88,12 +89,13 @@ pub enum Action {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// The key's DSC as a CMS SignedData upload message for the EU gateway (DER).
+    /// The key's DSC as a CMS SignedData upload message for the EU gateway: the base64 body of
+    /// its `POST /signerCertificate`, sent as `Content-Type: application/cms`.
     Upload {
         /// The key's label.
         #[arg(long)]
         label: String,
-        /// Where to write the CMS message (DER).
+        /// Where to write the upload body (the CMS DER, base64).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -142,12 +144,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Action::Upload { out, .. } => {
                 let body = reply.json()?;
+                // Checked as base64 here, so a damaged reply never reaches the gateway.
                 let cms = body["cms"]
                     .as_str()
-                    .and_then(|s| B64.decode(s).ok())
+                    .filter(|s| B64.decode(s).is_ok())
                     .ok_or_else(|| Error::Io(std::io::Error::other("the reply carries no CMS message")))?;
                 std::fs::write(out, cms).map_err(Error::file(out))?;
-                eprintln!("wrote {} (kid {})", out.display(), body["kid"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "wrote {} (kid {}): send it to the gateway as Content-Type: application/cms",
+                    out.display(),
+                    body["kid"].as_str().unwrap_or("?")
+                );
             }
             Action::CscaAdd { cert } if reply.status == http::StatusCode::ACCEPTED => {
                 print_reply(&reply);

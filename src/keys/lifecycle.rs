@@ -389,6 +389,31 @@ impl Lifecycle {
         if !matches!(r.state, KeyState::Generated | KeyState::Certified) {
             return Err(r.wrong_state(now(), "a CSR is only made for a key not yet active"));
         }
+        let pem = self.signed_request(label, subject)?;
+        let ev = Self::event(KeyAction::CsrIssued, &r, officer, None, format!("subject {subject}"));
+        self.store.put_key_record(label, &bytes, Some(Some(&bytes)), vec![ev])?;
+        Ok(pem)
+    }
+
+    /// A PKCS#10 request for the gateway upload key (`[signing.upload]`), which lives in the HSM
+    /// but is no DSC of the key store: for its first certificate or a renewal. Recorded in the
+    /// audit log like a DSC's request.
+    pub fn upload_key_csr(&self, label: &str, subject: &str, officer: &str) -> Result<String, KeyError> {
+        let _op = self.lock();
+        let pem = self.signed_request(label, subject)?;
+        let ev = Event::Key {
+            action: KeyAction::CsrIssued,
+            label: label.to_owned(),
+            officer: officer.to_owned(),
+            kid: None,
+            detail: format!("subject {subject} (gateway upload key)"),
+        };
+        self.store.audit_append(vec![ev])?;
+        Ok(pem)
+    }
+
+    /// A CSR signed in the HSM by `label`, for a subject that carries our country.
+    fn signed_request(&self, label: &str, subject: &str) -> Result<String, KeyError> {
         let dn = pki::csr::parse_subject(subject)?;
         let country = dn.get(&rcgen::DnType::CountryName).and_then(|v| match v {
             rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
@@ -401,10 +426,7 @@ impl Lifecycle {
                 self.policy.country
             )));
         }
-        let pem = pki::csr::build_csr(&self.hsm, label, subject)?;
-        let ev = Self::event(KeyAction::CsrIssued, &r, officer, None, format!("subject {subject}"));
-        self.store.put_key_record(label, &bytes, Some(Some(&bytes)), vec![ev])?;
-        Ok(pem)
+        Ok(pki::csr::build_csr(&self.hsm, label, subject)?)
     }
 
     /// Imports the DSC certificate the CSCA issued for the key (PEM). Refused when its public

@@ -110,7 +110,8 @@ impl ChunkSigner {
             let result = match sig.map(|s| (encoder.finish(p.prepared, &s), s)) {
                 Some((Ok(hc1), s)) => {
                     let kid = B64.encode(kid);
-                    let audit = SignedRecord::new(input.r#ref, &p.uvci, &s, &kid, p.exp);
+                    let audit =
+                        SignedRecord::new(input.r#ref, &self.settings.country, &p.uvci, &s, &kid, p.exp);
                     let result = RecordResult::Signed {
                         r#ref: input.r#ref.to_owned(),
                         hc1,

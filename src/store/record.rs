@@ -262,7 +262,7 @@ impl Outcome {
         Some(SignedRecord::from_hc1(r#ref, uvci, hc1, kid, *exp).unwrap_or_else(|| {
             // Our own HC1 always decodes; if it ever did not, the signature is still recorded.
             log::error!("store: a signed result's HC1 does not decode; audited without its signature hash");
-            SignedRecord::new(r#ref, uvci, &[], kid, *exp)
+            SignedRecord { cc_uci_hash: String::new(), ..SignedRecord::new(r#ref, "", uvci, &[], kid, *exp) }
         }))
     }
 }

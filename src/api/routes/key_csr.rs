@@ -1,5 +1,6 @@
 //! `POST /v1/keys/{label}/csr` `{"subject"}` (officer): a PKCS#10 request for the country's
-//! CSCA, signed inside the HSM by the key; answered as PEM.
+//! CSCA, signed inside the HSM by the key; answered as PEM. The label may also be the gateway
+//! upload key's (`[signing.upload]`), whose certificate the country's CA issues the same way.
 
 use std::sync::Arc;
 
@@ -32,7 +33,15 @@ where
         Err(e) => return e.into_response(),
     };
     let (st, officer, label) = (state.clone(), client.name.clone(), label.to_owned());
-    match blocking(move || st.keys.csr(&label, &body.subject, &officer)).await {
+    let upload = state.upload.as_ref().is_some_and(|u| u.label == label);
+    let made = blocking(move || {
+        if upload {
+            st.keys.upload_key_csr(&label, &body.subject, &officer)
+        } else {
+            st.keys.csr(&label, &body.subject, &officer)
+        }
+    });
+    match made.await {
         Ok(Ok(pem)) => text(StatusCode::OK, "application/pkcs10", pem),
         Ok(Err(e)) => key_error(e).into_response(),
         Err(e) => e.into_response(),

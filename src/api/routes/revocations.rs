@@ -1,7 +1,9 @@
-//! `POST /v1/revocations` `{"uvcis":[…]}` or `{"batch":"…"}` (officer): revocation batches in the
-//! EU gateway's format for the signatures named, read from the audit log — UCI and SIGNATURE
-//! hashes, at most 1,000 entries a batch — each also CMS-signed by the upload key when one is
-//! configured. The whole log is scanned: an officer's occasional request, not a hot path.
+//! `POST /v1/revocations` `{"uvcis":[…]}` or `{"batch":"…"}`, optionally `"hash_types"` (officer):
+//! revocation batches in the EU gateway's format for the signatures named, read from the audit
+//! log — UCI, SIGNATURE and COUNTRYCODEUCI hashes unless fewer are asked for, at most 1,000
+//! entries a batch — each with its exact JSON (`content`) and, when an upload key is configured,
+//! that content CMS-signed by it. The whole log is scanned: an officer's occasional request, not a
+//! hot path.
 
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ struct RevocationRequest {
     uvcis: Option<Vec<String>>,
     #[serde(default)]
     batch: Option<String>,
+    /// Which hashes to export (default: all three).
+    #[serde(default)]
+    hash_types: Option<Vec<HashType>>,
 }
 
 /// Most UVCIs in one request.
@@ -38,11 +43,19 @@ where
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let types = match body.hash_types.as_deref() {
+        None => HashType::ALL.to_vec(),
+        Some([]) => {
+            let m = "hash_types must name at least one of UCI, SIGNATURE, COUNTRYCODEUCI";
+            return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m).into_response();
+        }
+        Some(t) => t.to_vec(),
+    };
     let selection = match body {
-        RevocationRequest { uvcis: Some(u), batch: None } if !u.is_empty() && u.len() <= MAX_UVCIS => {
+        RevocationRequest { uvcis: Some(u), batch: None, .. } if !u.is_empty() && u.len() <= MAX_UVCIS => {
             Selection::Uvcis(u)
         }
-        RevocationRequest { uvcis: None, batch: Some(b) } => Selection::Batch(b),
+        RevocationRequest { uvcis: None, batch: Some(b), .. } => Selection::Batch(b),
         _ => {
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -75,12 +88,15 @@ where
         })?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let country = &st.service.settings.country;
-        let batches = revocation::batches(country, &picked, &[HashType::Uci, HashType::Signature], now);
+        let batches = revocation::batches(country, &picked, &types, now);
         let mut out = Vec::with_capacity(batches.len());
         for b in &batches {
-            let mut item = serde_json::json!({ "batch": b });
+            let content = b.content();
+            let mut item = serde_json::json!({
+                "batch": b,
+                "content": String::from_utf8_lossy(&content),
+            });
             if let Some(upload) = &st.upload {
-                let content = serde_json::to_vec(b).unwrap_or_default();
                 let cms = crate::pki::cms::sign_upload(
                     &st.service.hsm,
                     &upload.label,

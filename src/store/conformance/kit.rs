@@ -79,7 +79,7 @@ pub fn outcomes(items: &[WorkItem]) -> Vec<Outcome> {
             let result = result_for(i);
             let audit = match &result {
                 RecordResult::Signed { r#ref, uvci, kid, exp, .. } => {
-                    Some(crate::audit::SignedRecord::new(r#ref, uvci, &[7; 64], kid, *exp))
+                    Some(crate::audit::SignedRecord::new(r#ref, "VN", uvci, &[7; 64], kid, *exp))
                 }
                 RecordResult::Rejected { .. } => None,
             };

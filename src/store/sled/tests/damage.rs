@@ -280,6 +280,7 @@ fn no_stored_value_reaches_sleds_blob_files() {
         key: i.key,
         audit: Some(crate::audit::SignedRecord::new(
             &i.r#ref,
+            "VN",
             "URN:UVCI:01:VN:X",
             &[7; 64],
             "AAAAAAAAAAA=",
