@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
                         key: w.key,
                         audit: Some(SignedRecord::new(
                             &w.r#ref,
+                            "VN",
                             "URN:UVCI:01:VN:X",
                             &[7; 64],
                             "AAAAAAAAAAA=",
