@@ -11,18 +11,37 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
-use super::{blocking, parse_json, read_json};
+use super::{Field, blocking, parse_json, read_json};
 use crate::api::{ApiError, AppState, Body, Client, json};
 use crate::audit::revocation::{self, HashType, Selection};
 use crate::audit::{Event, KeyAction};
 
+/// The body: exactly one of the two, neither given as `null` (a `null` beside the other field
+/// would otherwise read as "left out").
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevocationRequest {
     #[serde(default)]
-    uvcis: Option<Vec<String>>,
+    uvcis: Field<Vec<String>>,
     #[serde(default)]
-    batch: Option<String>,
+    batch: Field<String>,
+}
+
+impl RevocationRequest {
+    /// What to revoke: 400 `null_value` for a field given as `null`, 400 `bad_request` for
+    /// neither or both, or a UVCI list outside 1–[`MAX_UVCIS`].
+    fn selection(self) -> Result<Selection, ApiError> {
+        let (uvcis, batch) = (self.uvcis.given("uvcis")?, self.batch.given("batch")?);
+        match (uvcis, batch) {
+            (Some(u), None) if !u.is_empty() && u.len() <= MAX_UVCIS => Ok(Selection::Uvcis(u)),
+            (None, Some(b)) => Ok(Selection::Batch(b)),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("give either uvcis (1–{MAX_UVCIS}) or batch"),
+            )),
+        }
+    }
 }
 
 /// Most UVCIs in one request.
@@ -34,23 +53,13 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let body: RevocationRequest = match read_json(req, 8 << 20).await.and_then(|b| parse_json(&b)) {
-        Ok(b) => b,
+    let selection = match read_json(req, 8 << 20)
+        .await
+        .and_then(|b| parse_json::<RevocationRequest>(&b))
+        .and_then(RevocationRequest::selection)
+    {
+        Ok(s) => s,
         Err(e) => return e.into_response(),
-    };
-    let selection = match body {
-        RevocationRequest { uvcis: Some(u), batch: None } if !u.is_empty() && u.len() <= MAX_UVCIS => {
-            Selection::Uvcis(u)
-        }
-        RevocationRequest { uvcis: None, batch: Some(b) } => Selection::Batch(b),
-        _ => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("give either uvcis (1–{MAX_UVCIS}) or batch"),
-            )
-            .into_response();
-        }
     };
     let (st, officer) = (state.clone(), client.name.clone());
     let outcome = blocking(move || {
@@ -109,5 +118,38 @@ where
     match outcome {
         Ok(Ok(batches)) => json(StatusCode::OK, &serde_json::json!({ "batches": batches })),
         Ok(Err(e)) | Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(body: &str) -> Result<Selection, ApiError> {
+        parse_json::<RevocationRequest>(body.as_bytes()).and_then(RevocationRequest::selection)
+    }
+
+    #[test]
+    fn exactly_one_of_uvcis_or_batch_and_never_null() {
+        assert!(
+            matches!(selection(r#"{"uvcis":["URN:UVCI:01:VN:A"]}"#), Ok(Selection::Uvcis(u)) if u.len() == 1)
+        );
+        assert!(matches!(selection(r#"{"batch":"b1"}"#), Ok(Selection::Batch(b)) if b == "b1"));
+        for (body, code) in [
+            (r#"{"uvcis":["URN:UVCI:01:VN:A"],"batch":null}"#, "null_value"),
+            (r#"{"uvcis":null,"batch":"b1"}"#, "null_value"),
+            (r#"{"batch":null}"#, "null_value"),
+            (r#"{"uvcis":null}"#, "null_value"),
+            (r#"{}"#, "bad_request"),
+            (r#"{"uvcis":[],"batch":"b1"}"#, "bad_request"),
+            (r#"{"uvcis":["URN:UVCI:01:VN:A"],"batch":"b1"}"#, "bad_request"),
+            (r#"{"uvcis":[]}"#, "bad_request"),
+            (r#"{"uvcis":[null]}"#, "malformed_json"),
+        ] {
+            let e = selection(body).err().unwrap_or_else(|| panic!("{body} accepted"));
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, code), "{body}");
+        }
+        let e = selection(r#"{"batch":null}"#).err().unwrap();
+        assert!(e.message.contains("batch is null"), "{}", e.message);
     }
 }
