@@ -5,8 +5,10 @@
 # nothing leaks from one run into the other), with every check, the stateful phase on, and a
 # bounded time. Any failure fails the script. Configuration and hooks: contract/.
 #
-# Uses the debug binary of the test command's own build (same features as nextest's), so it
-# builds nothing new after the tests. HCERT_CONTRACT_SECONDS bounds each run (default 60).
+# Uses the binary the test command's nextest pass has just built: cargo's `test` profile with the
+# features that build unifies (yubihsm-mock, test-clock, and test-support from the crate's own
+# dev-dependency), so after that pass it compiles nothing (`Fresh`); run alone, it builds it.
+# HCERT_CONTRACT_SECONDS bounds each client's API run (default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -15,10 +17,10 @@ st=$venv/bin/schemathesis
 [[ -x $st ]] || { echo "check-contract: $st missing; run scripts/install-deps.sh" >&2; exit 1; }
 seconds=${HCERT_CONTRACT_SECONDS:-60}
 
-cargo build --locked --features yubihsm-mock,test-clock --bin hcert-signer
-bin=$root/${CARGO_TARGET_DIR:-target}/debug/hcert-signer
-[[ $bin == /* ]] || bin=$root/$bin
-[[ -x $bin ]] || bin=${CARGO_TARGET_DIR:-$root/target}/debug/hcert-signer
+cargo build --locked --profile test --features yubihsm-mock,test-clock,test-support --bin hcert-signer
+target=${CARGO_TARGET_DIR:-target}
+[[ $target == /* ]] || target=$root/$target
+bin=$target/debug/hcert-signer
 
 work=$(mktemp -d /tmp/hcert-contract.XXXXXX)
 daemon=
