@@ -60,3 +60,19 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# Schemathesis for the contract run (scripts/check-contract.sh, contract/README.md), pinned, in
+# a venv of its own: Debian's Python refuses pip installs into the system (PEP 668). Only when
+# the pinned version is not there already, so a second call costs one version check.
+schemathesis_version=4.32.5
+venv=${HCERT_VENV:-/opt/hcert-venv}
+if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *" $schemathesis_version" ]]; then
+    # Debian ships venv's pip bootstrap (ensurepip) apart, in python3-venv.
+    dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'ok installed' || {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq python3-venv >/dev/null
+    }
+    [[ -x $venv/bin/pip ]] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi

@@ -18,6 +18,12 @@ cargo test --locked --doc --features yubihsm-mock,test-clock
 # nextest runs every test in its own process, so each SoftHSM test gets its own token and
 # SOFTHSM2_CONF without touching its neighbours. Their daemons run on sled (the default store).
 HCERT_TEST_STORE=sled cargo nextest run --locked --all-targets --features yubihsm-mock,test-clock --no-fail-fast
+# The document is the contract (issue 20): Schemathesis drives every operation of
+# docs/openapi.json as `issuer` and as `officer1`, each against a fresh dev-init daemon (about
+# 2 minutes; contract/README.md). After the nextest pass, not before: it runs the debug binary
+# that pass has just built with the same features, so it compiles nothing, and a broken build or
+# unit test is reported by the tests that name it before the contract run reports its symptoms.
+bash scripts/check-contract.sh
 # The daemon tests that hold both store backends to the same promises (issue 19, acceptance 1:
 # API, rotation, kill -9, idempotency, retention, audit and its tampering, personal data never
 # on disk), a second time on PostgreSQL: each daemon on a throw-away cluster of its own

@@ -298,7 +298,8 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let decoded = path_segments(&path);
+    let segments: Vec<&str> = decoded.iter().map(AsRef::as_ref).collect();
     let method = req.method().clone();
     // Health needs no role: the process and its dependencies, nothing about anyone's data.
     match segments.as_slice() {
@@ -375,6 +376,18 @@ where
             allow => method_not_allowed(&method, &path, allow),
         },
     }
+}
+
+/// The segments of a request path, each percent-decoded: clients encode what they put in a path
+/// (Python's `requests`, Java's and .NET's URI builders send a label's `:` as `%3A`), and the
+/// label or batch id is what was encoded. Roles are checked on the same decoded segments the
+/// routes match, so an encoded path reaches no route its plain form would not. A segment that is
+/// not UTF-8 once decoded keeps a replacement character, so it names no key and no batch.
+pub fn path_segments(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    path.trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+        .collect()
 }
 
 /// Every route the API answers, as method and OpenAPI path template; `docs/openapi.json`
@@ -456,19 +469,46 @@ mod tests {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../../docs/openapi.json")).expect("docs/openapi.json is JSON");
         assert_eq!(doc["openapi"], "3.1.0");
-        let mut documented = Vec::new();
+        let (mut api, mut ops) = (Vec::new(), Vec::new());
         for (path, item) in doc["paths"].as_object().expect("paths") {
-            for method in ["get", "post", "put", "delete", "patch"] {
+            // A path naming its own server is the operations listener's; the rest, the API's.
+            let on_ops = item["servers"][0]["url"].as_str().is_some_and(|u| u.starts_with("http://"));
+            for method in ["get", "head", "post", "put", "delete", "patch", "options", "trace"] {
                 if item.get(method).is_some() {
-                    documented.push((method.to_uppercase(), path.clone()));
+                    let route = (method.to_uppercase(), path.clone());
+                    if on_ops { ops.push(route) } else { api.push(route) }
                 }
             }
         }
-        let mut answered: Vec<(String, String)> =
-            ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
-        documented.sort();
+        // The probes are answered on both listeners (on the API's to certified clients only).
+        let mut answered: Vec<(String, String)> = ROUTES
+            .iter()
+            .filter(|(_, p)| !PROBES.contains(p))
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        api.sort();
         answered.sort();
-        assert_eq!(documented, answered);
+        assert_eq!(api, answered);
+        ops.sort();
+        assert_eq!(
+            ops,
+            [("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/readyz")].map(|(m, p)| (m.into(), p.into()))
+        );
+        assert_eq!(doc["servers"][0]["url"], "https://{host}:{port}");
+    }
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(path_segments("/v1/keys/%3AEaWl6/upload"), ["v1", "keys", ":EaWl6", "upload"]);
+        assert_eq!(
+            path_segments("/v1/%6Beys"),
+            ["v1", "keys"],
+            "an encoded name is the same route, and role"
+        );
+        // An encoded slash stays inside its segment: it names no other route.
+        assert_eq!(path_segments("/v1/batches/a%2Fb"), ["v1", "batches", "a/b"]);
+        assert_eq!(path_segments("/v1/batches/%FF"), ["v1", "batches", "\u{fffd}"]);
+        assert_eq!(path_segments("/healthz"), ["healthz"]);
     }
 
     #[test]

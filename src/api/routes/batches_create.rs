@@ -48,7 +48,9 @@ where
         let req = parse_batch(&body, st.limits.max_batch_records)?;
         let records = req.new_records();
         let now = crate::clock::now_unix();
-        st.store.submit(&issuer, req.idempotency_key.as_deref(), &records, now).map_err(store_error)
+        st.store
+            .submit(&issuer, req.idempotency_key.as_ref().map(String::as_str), &records, now)
+            .map_err(store_error)
     })
     .await??;
     state.waker.wake();

@@ -62,7 +62,51 @@ pub struct BatchRequest<'a> {
     pub records: Vec<RecordIn<'a>>,
     /// Makes a retried submission return the first one's batch.
     #[serde(default)]
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Field<String>,
+}
+
+/// A request field that may be left out but, when given, must not be `null`. serde reads a
+/// JSON `null` into an `Option` as `None`, which would take `null` where the document says a
+/// string; kept apart here, it is refused (400 `null_value`) by [`Field::given`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Field<T> {
+    /// Not in the request.
+    #[default]
+    Absent,
+    /// Given as JSON `null`.
+    Null,
+    /// Given as a value.
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Called only for a field that is present; an absent one is `Default`.
+        Ok(Option::<T>::deserialize(d)?.map_or(Field::Null, Field::Value))
+    }
+}
+
+impl<T> Field<T> {
+    /// The value, `None` when left out; 400 `null_value` naming `name` when given as `null`.
+    pub fn given(self, name: &str) -> Result<Option<T>, ApiError> {
+        match self {
+            Field::Absent => Ok(None),
+            Field::Value(v) => Ok(Some(v)),
+            Field::Null => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "null_value",
+                format!("{name} is null; leave it out or give a value"),
+            )),
+        }
+    }
+
+    /// The value, if one was given.
+    pub fn as_ref(&self) -> Option<&T> {
+        match self {
+            Field::Value(v) => Some(v),
+            Field::Absent | Field::Null => None,
+        }
+    }
 }
 
 impl BatchRequest<'_> {
@@ -80,8 +124,11 @@ impl BatchRequest<'_> {
     }
 }
 
-/// Longest `ref` accepted.
+/// Longest `ref` accepted, in characters.
 pub const MAX_REF_LEN: usize = 128;
+
+/// Longest `idempotency_key` accepted, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
 
 /// Reads a JSON body of at most `max` bytes: 415 if it is not JSON, 413 if too large.
 pub async fn read_json<B>(req: Request<B>, max: usize) -> Result<Bytes, ApiError>
@@ -197,7 +244,7 @@ where
 /// (a duplicate `ref`). A `dcc` over [`MAX_DCC_BYTES`] is not: that record alone is rejected
 /// (see [`BatchRequest::new_records`]).
 pub fn parse_batch(body: &[u8], max_records: usize) -> Result<BatchRequest<'_>, ApiError> {
-    let req: BatchRequest<'_> = serde_json::from_slice(body).map_err(|e| {
+    let mut req: BatchRequest<'_> = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("invalid request body: {e}"))
     })?;
     if req.records.is_empty() {
@@ -222,6 +269,15 @@ pub fn parse_batch(body: &[u8], max_records: usize) -> Result<BatchRequest<'_>, 
                 format!("records[{i}].ref must be 1–{MAX_REF_LEN} characters without control characters"),
             ));
         }
+        // The document's `dcc` is an object: a string, number, array or null is not a DCC, and
+        // taking it would only reject the record later with a less precise reason.
+        if !r.dcc.get().starts_with('{') {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "dcc_not_object",
+                format!("records[{i}].dcc must be a JSON object"),
+            ));
+        }
         if !seen.insert(r.r#ref.as_str()) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -230,15 +286,18 @@ pub fn parse_batch(body: &[u8], max_records: usize) -> Result<BatchRequest<'_>, 
             ));
         }
     }
-    if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 200)
+    // Counted in characters, as the document's maxLength is.
+    let key = std::mem::take(&mut req.idempotency_key).given("idempotency_key")?;
+    if let Some(k) = &key
+        && (k.is_empty() || k.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS)
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_idempotency_key",
-            "idempotency_key must be 1–200 bytes",
+            format!("idempotency_key must be 1–{MAX_IDEMPOTENCY_KEY_CHARS} characters"),
         ));
     }
+    req.idempotency_key = key.map_or(Field::Absent, Field::Value);
     Ok(req)
 }
 
@@ -329,6 +388,53 @@ mod tests {
         let r = parse_batch(over.as_bytes(), 10).unwrap();
         let records = r.new_records();
         assert_eq!((records[0].dcc_json, records[1].dcc_json), (OVERSIZE_DCC, &b"{}"[..]));
+    }
+
+    #[test]
+    fn null_where_a_string_is_documented_is_refused() {
+        let code = |body: &str| parse_batch(body.as_bytes(), 10).err().map(|e| (e.status.as_u16(), e.code));
+        assert_eq!(
+            code(r#"{"records":[{"ref":"a","dcc":{}}],"idempotency_key":null}"#),
+            Some((400, "null_value"))
+        );
+        assert_eq!(code(r#"{"records":[{"ref":null,"dcc":{}}]}"#), Some((400, "malformed_json")));
+        assert_eq!(code(r#"{"records":null}"#), Some((400, "malformed_json")));
+        // Left out is not null: no key, and the request stands.
+        let r = parse_batch(br#"{"records":[{"ref":"a","dcc":{}}]}"#, 10).unwrap();
+        assert_eq!(r.idempotency_key, Field::Absent);
+        let r = parse_batch(br#"{"records":[{"ref":"a","dcc":{}}],"idempotency_key":"k"}"#, 10).unwrap();
+        assert_eq!(r.idempotency_key.as_ref().map(String::as_str), Some("k"));
+    }
+
+    #[test]
+    fn a_dcc_that_is_not_an_object_is_refused_naming_its_record() {
+        for dcc in ["null", "5", r#""text""#, "[]", "[{}]", "true"] {
+            let body = format!(r#"{{"records":[{{"ref":"a","dcc":{{}}}},{{"ref":"b","dcc":{dcc}}}]}}"#);
+            let e = parse_batch(body.as_bytes(), 10).err().unwrap_or_else(|| panic!("{dcc} taken"));
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "dcc_not_object"), "{dcc}");
+            assert!(e.message.contains("records[1].dcc"), "{}", e.message);
+        }
+        // Whitespace before the object is JSON's, not the DCC's.
+        assert!(parse_batch(b"{\"records\":[{\"ref\":\"a\",\"dcc\":\n  {}}]}", 10).is_ok());
+    }
+
+    #[test]
+    fn refs_and_keys_are_bounded_as_the_document_says() {
+        let body = |r: &str, k: &str| {
+            serde_json::json!({"records":[{"ref": r, "dcc": {}}], "idempotency_key": k}).to_string()
+        };
+        let code = |b: String| parse_batch(b.as_bytes(), 10).err().map(|e| e.code);
+        // 128 characters of a two-byte letter is a good ref; 129 is not.
+        assert_eq!(code(body(&"é".repeat(MAX_REF_LEN), "k")), None);
+        assert_eq!(code(body(&"é".repeat(MAX_REF_LEN + 1), "k")), Some("bad_ref"));
+        for control in ['\u{0}', '\u{1f}', '\u{7f}', '\u{85}', '\u{9f}'] {
+            assert_eq!(code(body(&format!("a{control}b"), "k")), Some("bad_ref"), "{control:?}");
+        }
+        assert_eq!(code(body("a\u{a0}b", "k")), None, "U+00A0 is no control character");
+        // The key's bound is in characters (the document's maxLength), not bytes.
+        assert_eq!(code(body("a", &"é".repeat(MAX_IDEMPOTENCY_KEY_CHARS))), None);
+        assert_eq!(code(body("a", &"é".repeat(MAX_IDEMPOTENCY_KEY_CHARS + 1))), Some("bad_idempotency_key"));
+        assert_eq!(code(body("a", "")), Some("bad_idempotency_key"));
     }
 
     #[test]

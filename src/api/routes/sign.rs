@@ -23,7 +23,7 @@ where
     let (st, issuer) = (state.clone(), client.issuer_id.clone());
     let outcome = blocking(move || {
         let req = parse_batch(&body, st.limits.max_sync_records)?;
-        if req.idempotency_key.is_some() {
+        if req.idempotency_key.as_ref().is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
