@@ -5,8 +5,8 @@
 //! * a record whose DCC is over the size limit is stored as the `OVERSIZE_DCC` marker (and
 //!   rejected alone), never as sent;
 //! * an accepted request has 1..=max records with unique refs of 1–128 characters without
-//!   control characters, and an idempotency key of 1–200 bytes if any; a refused one is a 400 or
-//!   a 413;
+//!   control characters, each `dcc` a JSON object, and an idempotency key of 1–200 characters if
+//!   any; a refused one is a 400 or a 413;
 //! * a refused DCC names a known error code, and the message does not repeat the holder's names
 //!   or date of birth (the same DCC with other names gets the same answer);
 //! * an accepted DCC re-validates as a value, is accepted the same through `from_json_value`,
@@ -90,9 +90,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert!((1..=MAX_REF_LEN).contains(&r.r#ref.chars().count()), "ref {:?}", r.r#ref);
         assert!(!r.r#ref.chars().any(char::is_control), "ref {:?}", r.r#ref);
         assert!(refs.insert(r.r#ref.as_str()), "duplicate ref {:?}", r.r#ref);
+        assert!(r.dcc.get().trim_start().starts_with('{'), "a dcc that is not an object: {}", r.dcc.get());
     }
-    if let Some(k) = &req.idempotency_key {
-        assert!((1..=200).contains(&k.len()), "idempotency key of {} bytes", k.len());
+    if let Some(k) = req.idempotency_key.as_ref() {
+        let n = k.chars().count();
+        assert!((1..=200).contains(&n), "idempotency key of {n} characters");
     }
     let records = req.new_records();
     assert_eq!(records.len(), req.records.len());
