@@ -4,6 +4,25 @@ sent, and the one check that keeps the few allowed refusals of schema-valid requ
 import json
 
 import schemathesis
+from hypothesis.internal import lambda_sources
+
+# CPython 3.11 before 3.11.9 (Debian 12 ships 3.11.2) can raise "SystemError: AST constructor
+# recursion depth mismatch" from ast.parse when it is called deep in a stack (CPython issue
+# 106905). Hypothesis calls ast.parse only to print a lambda's source in a strategy's
+# description, and the coverage phase then reports the whole operation as a runtime error of
+# the tool. Such a description falls back to Hypothesis's own "<unknown>" form instead; no
+# request, response or check is touched.
+_describe_lambda = lambda_sources._lambda_description
+
+
+def _describe_lambda_or_unknown(f):
+    try:
+        return _describe_lambda(f)
+    except SystemError:
+        return "lambda: <unknown>"
+
+
+lambda_sources._lambda_description = _describe_lambda_or_unknown
 
 # `PUT /v1/keys/{label}/certificate` and `POST /v1/cscas` take PEM text (application/x-pem-file),
 # a media type Schemathesis has no serializer for: send the generated string as it is, as

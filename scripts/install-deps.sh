@@ -61,12 +61,13 @@ if ! command -v cargo >/dev/null; then
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
-# Schemathesis for the contract run (scripts/check-contract.sh, contract/README.md), pinned, in
-# a venv of its own: Debian's Python refuses pip installs into the system (PEP 668). Only when
-# the pinned version is not there already, so a second call costs one version check.
-schemathesis_version=4.32.5
+# Schemathesis for the contract run (scripts/check-contract.sh, contract/README.md), with every
+# package it pulls in pinned (contract/requirements.txt), in a venv of its own: Debian's Python
+# refuses pip installs into the system (PEP 668). Only when the venv does not hold exactly that
+# list already, so a second call costs one comparison.
 venv=${HCERT_VENV:-/opt/hcert-venv}
-if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *" $schemathesis_version" ]]; then
+requirements=$(dirname "${BASH_SOURCE[0]}")/../contract/requirements.txt
+if ! cmp -s "$requirements" "$venv/.hcert-requirements.txt"; then
     # Debian ships venv's pip bootstrap (ensurepip) apart, in python3-venv.
     dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'ok installed' || {
         export DEBIAN_FRONTEND=noninteractive
@@ -74,5 +75,6 @@ if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *" $schemathesis_ve
         apt-get install -y -qq python3-venv >/dev/null
     }
     [[ -x $venv/bin/pip ]] || python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/.hcert-requirements.txt"
 fi
